@@ -1,0 +1,1 @@
+"""Pagewire: Messenger and Instagram webhooks routed into each account's conversations."""
