@@ -1,0 +1,84 @@
+"""Database engines: one async engine per process, a schema per service.
+
+In PostgreSQL each service lives in its own schema (selected through the
+connection's search_path, so models and migrations carry no schema name); with
+the embedded default each service has its own SQLite file under var/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from pagewire.kit.errors import Unavailable
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith("postgresql")
+
+
+def _connect_args(url: str, schema: str) -> dict[str, Any]:
+    if is_postgres(url):
+        return {"options": f"-csearch_path={schema}"}
+    return {}
+
+
+def _prepare_sqlite(url: str, engine: Engine) -> None:
+    path = make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers run beside the single writer; busy_timeout waits instead of failing.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def create_engine(url: str, schema: str, *, pool_size: int = 10) -> AsyncEngine:
+    """The process's async engine for `schema`; nothing connects until first use."""
+    kwargs: dict[str, Any] = {"connect_args": _connect_args(url, schema)}
+    if is_postgres(url):
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=5)
+    engine = create_async_engine(url, **kwargs)
+    if not is_postgres(url):
+        _prepare_sqlite(url, engine.sync_engine)
+    return engine
+
+
+def sync_url(url: str) -> str:
+    """The same database for synchronous use (migrations)."""
+    return url.replace("sqlite+aiosqlite://", "sqlite://", 1)
+
+
+def create_sync_engine(url: str, schema: str) -> Engine:
+    """A synchronous engine, for Alembic."""
+    from sqlalchemy import create_engine as create
+
+    engine = create(sync_url(url), connect_args=_connect_args(url, schema))
+    if not is_postgres(url):
+        _prepare_sqlite(url, engine)
+    return engine
+
+
+def sessions(engine: AsyncEngine) -> async_sessionmaker:
+    """The process's session factory; one session per RPC."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def upsert_insert(engine_or_dialect_name: str):  # type: ignore[no-untyped-def]
+    """The dialect's INSERT that supports ON CONFLICT (PostgreSQL and SQLite both do)."""
+    return postgresql.insert if engine_or_dialect_name == "postgresql" else sqlite.insert
+
+
+def unavailable(exc: BaseException) -> Unavailable:
+    """A safe error for a database that cannot be reached (no URL, no credentials)."""
+    return Unavailable(f"database unavailable ({type(exc).__name__})")

@@ -1,0 +1,146 @@
+"""The one gRPC server bootstrap every service and every test uses.
+
+Health (`""` and each service name), reflection, the error-mapping
+interceptor, a maximum connection age so clients rebalance onto new replicas,
+and a graceful stop on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pagewire.kit.errors import PagewireError
+
+log = logging.getLogger("pagewire.grpc")
+
+Register = Callable[[grpc.aio.Server], None]
+Closer = Callable[[], Awaitable[None]]
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Turns domain errors into status codes and hides unexpected ones behind INTERNAL."""
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request, context):  # type: ignore[no-untyped-def]
+                try:
+                    return await inner(request, context)
+                except PagewireError as exc:
+                    await context.abort(grpc.StatusCode[exc.status], str(exc))
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception:
+                    log.exception("unhandled error", extra={"rpc": method})
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(request, context):  # type: ignore[no-untyped-def]
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except PagewireError as exc:
+                    await context.abort(grpc.StatusCode[exc.status], str(exc))
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception:
+                    log.exception("unhandled error", extra={"rpc": method})
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+@dataclass
+class GrpcService:
+    """A started server: its port, health servicer and what to close on stop."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    names: Sequence[str]
+    closers: list[Closer] = field(default_factory=list)
+
+    async def stop(self, grace: float = 5.0, drain: float = 0.0) -> None:
+        """NOT_SERVING first (so load balancers stop sending), drain, stop, close clients."""
+        for name in ("", *self.names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if drain > 0:
+            await asyncio.sleep(drain)  # the drain window itself, not a synchronisation
+        await self.server.stop(grace)
+        for close in reversed(self.closers):
+            try:
+                await close()
+            except Exception:
+                log.exception("error while closing")
+
+
+async def start_server(
+    *,
+    names: Sequence[str],
+    register: Register,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    closers: Sequence[Closer] = (),
+    max_connection_age_s: int = 300,
+) -> GrpcService:
+    """Builds, binds and starts a server; port 0 picks a free port (tests)."""
+    server = grpc.aio.server(
+        interceptors=[ErrorMappingInterceptor()],
+        options=[
+            ("grpc.max_connection_age_ms", max_connection_age_s * 1000),
+            ("grpc.max_connection_age_grace_ms", 10_000),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC port {host}:{port}")
+    await server.start()
+    for name in ("", *names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return GrpcService(server, health_servicer, bound, list(names), list(closers))
+
+
+async def serve_until_signal(service: GrpcService, *, drain: float, grace: float) -> None:
+    """Runs until SIGTERM or SIGINT, then stops gracefully (Kubernetes sends SIGTERM)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("serving", extra={"port": service.port, "services": list(service.names)})
+    await stop.wait()
+    log.info("stopping", extra={"drain_s": drain, "grace_s": grace})
+    await service.stop(grace=grace, drain=drain)
+    log.info("stopped")
