@@ -30,7 +30,9 @@ HOW_TO_START = {
 def _reachable(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 2):
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 2
+        ):
             return True
     except OSError:
         return False
@@ -64,7 +66,9 @@ def pg_template() -> Iterator[str]:
     _admin(f'CREATE DATABASE "{name}"')
     try:
         for service in migrate.SERVICES_WITH_SCHEMA:
-            migrate.upgrade(service, _pg_url(name).replace("postgresql://", "postgresql+psycopg://"))
+            migrate.upgrade(
+                service, _pg_url(name).replace("postgresql://", "postgresql+psycopg://")
+            )
         yield name
     finally:
         _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -13,9 +13,14 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from pagewire.kit.errors import Unavailable
+
+# Errors that mean "the database cannot be reached", as opposed to a bug or bad data.
+DB_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def is_postgres(url: str) -> bool:
@@ -47,7 +52,9 @@ def create_engine(url: str, schema: str, *, pool_size: int = 10) -> AsyncEngine:
     """The process's async engine for `schema`; nothing connects until first use."""
     kwargs: dict[str, Any] = {"connect_args": _connect_args(url, schema)}
     if is_postgres(url):
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=5)
+        kwargs.update(
+            pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=5
+        )
     engine = create_async_engine(url, **kwargs)
     if not is_postgres(url):
         _prepare_sqlite(url, engine.sync_engine)

@@ -90,7 +90,9 @@ def env_int(
     return value
 
 
-def env_float(environ: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
+def env_float(
+    environ: Mapping[str, str], name: str, default: float, *, minimum: float = 0
+) -> float:
     """A float setting (seconds, ratios)."""
     raw = environ.get(PREFIX + name)
     if raw is None or raw == "":

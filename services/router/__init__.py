@@ -1,0 +1,1 @@
+"""The router: stores every webhook event once, in the right account's conversation."""

@@ -1,0 +1,71 @@
+"""Composition root of the router: settings → clients → servicer → serve."""
+
+from __future__ import annotations
+
+import logging
+
+from pagewire.kit.channels import open_channel
+from pagewire.kit.db import create_engine, sessions
+from pagewire.kit.grpcserver import serve_until_signal, start_server
+from pagewire.kit.logs import setup_logging
+from pagewire.kit.runner import run
+from pagewire.kit.settings import current_environ
+from pagewire.proto import router_pb2_grpc, subscriptions_pb2_grpc
+from services.router.config import RouterSettings
+from services.router.history import History
+from services.router.mutex import ConversationLocks, LocalLocks, RedisLocks, redis_client
+from services.router.pages import PageDirectory
+from services.router.routing import Router
+from services.router.server import SERVICE_NAME, RouterServiceServicer
+
+log = logging.getLogger("pagewire.router")
+
+
+def build_locks(settings: RouterSettings) -> ConversationLocks:
+    """Redis locks when a Redis URL is set; otherwise in-process, and said so."""
+    if settings.redis_url:
+        return RedisLocks(
+            redis_client(settings.redis_url),
+            settings.redis_prefix,
+            settings.lock_ttl_ms,
+            settings.lock_wait_ms,
+        )
+    log.warning(
+        "PAGEWIRE_REDIS_URL is not set: using an in-process conversation lock,"
+        " which is only correct for ONE router replica"
+    )
+    return LocalLocks(settings.lock_wait_ms)
+
+
+async def main() -> None:
+    settings = RouterSettings.from_env(current_environ())
+    setup_logging("router", settings.log_level)
+    engine = create_engine(settings.database_url, "router", pool_size=settings.db_pool_size)
+    session_factory = sessions(engine)
+    locks = build_locks(settings)
+    subscriptions = open_channel(settings.subscriptions_addr)
+    pages = PageDirectory(
+        subscriptions_pb2_grpc.SubscriptionsServiceStub(subscriptions),
+        settings.page_cache_ttl_s,
+        settings.rpc_timeout_s,
+    )
+    router = Router(session_factory, locks, pages, group_concurrency=settings.group_concurrency)
+    servicer = RouterServiceServicer(router, History(session_factory))
+
+    async def close_channel() -> None:
+        await subscriptions.close()
+
+    service = await start_server(
+        names=[SERVICE_NAME],
+        register=lambda server: router_pb2_grpc.add_RouterServiceServicer_to_server(
+            servicer, server
+        ),
+        host=settings.host,
+        port=settings.port,
+        closers=[engine.dispose, locks.close, close_channel],
+    )
+    await serve_until_signal(service, drain=settings.drain_s, grace=settings.grace_s)
+
+
+if __name__ == "__main__":
+    run(main, "router")

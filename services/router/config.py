@@ -1,0 +1,55 @@
+"""The router's settings, read once from the environment at start."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pagewire.kit.settings import (
+    database_url,
+    env_float,
+    env_int,
+    env_str,
+    grpc_target,
+)
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """Everything the router needs; built by `from_env` in the composition root."""
+
+    host: str
+    port: int
+    database_url: str
+    db_pool_size: int
+    redis_url: str | None
+    redis_prefix: str
+    subscriptions_addr: str
+    lock_ttl_ms: int
+    lock_wait_ms: int
+    page_cache_ttl_s: float
+    rpc_timeout_s: float
+    group_concurrency: int
+    log_level: str
+    drain_s: float
+    grace_s: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> RouterSettings:
+        return cls(
+            host=env_str(environ, "GRPC_HOST", "127.0.0.1"),
+            port=env_int(environ, "ROUTER_PORT", 50051, minimum=0, maximum=65535),
+            database_url=database_url(environ, "router"),
+            db_pool_size=env_int(environ, "ROUTER_DB_POOL_SIZE", 10, minimum=1, maximum=200),
+            redis_url=environ.get("PAGEWIRE_REDIS_URL") or None,
+            redis_prefix=env_str(environ, "REDIS_PREFIX", "pagewire"),
+            subscriptions_addr=grpc_target(environ, "subscriptions", 50053),
+            lock_ttl_ms=env_int(environ, "LOCK_TTL_MS", 10_000, minimum=100),
+            lock_wait_ms=env_int(environ, "LOCK_WAIT_MS", 3_000, minimum=0),
+            page_cache_ttl_s=env_float(environ, "PAGE_CACHE_TTL_S", 30.0),
+            rpc_timeout_s=env_float(environ, "RPC_TIMEOUT_S", 2.0, minimum=0.05),
+            group_concurrency=env_int(environ, "ROUTER_GROUP_CONCURRENCY", 8, minimum=1),
+            log_level=env_str(environ, "LOG_LEVEL", "INFO"),
+            drain_s=env_float(environ, "SHUTDOWN_DRAIN_S", 0.5),
+            grace_s=env_float(environ, "SHUTDOWN_GRACE_S", 5.0),
+        )

@@ -1,0 +1,103 @@
+"""Reading stored state back: conversations and messages, in Meta's order."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pagewire.kit.errors import InvalidArgument, NotFound
+from pagewire.proto import events_pb2
+from services.router.store import Conversation, Message
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def _page(page_size: int, page_token: str) -> tuple[int, int]:
+    """(limit, offset) from a request's paging fields."""
+    if page_size < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    if not page_token:
+        return limit, 0
+    try:
+        offset = int(base64.urlsafe_b64decode(page_token.encode()).decode())
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("page_token", "is not a token this service issued") from None
+    if offset < 0:
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    return limit, offset
+
+
+def _next_token(offset: int, limit: int, got: int) -> str:
+    if got < limit:
+        return ""
+    return base64.urlsafe_b64encode(str(offset + limit).encode()).decode()
+
+
+def _platform_filter(column, platform: int):  # type: ignore[no-untyped-def]
+    if platform == events_pb2.PLATFORM_UNSPECIFIED:
+        return True
+    if platform not in (events_pb2.FACEBOOK, events_pb2.INSTAGRAM):
+        raise InvalidArgument("platform", "must be FACEBOOK, INSTAGRAM or unspecified")
+    return column == events_pb2.Platform.Name(platform)
+
+
+class History:
+    """Read-only queries over the router's tables."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def conversations(
+        self, *, account_id: str, page_id: str, platform: int, page_size: int, page_token: str
+    ) -> tuple[Sequence[Conversation], str]:
+        if not account_id and not page_id:
+            raise InvalidArgument("account_id", "give account_id or page_id")
+        limit, offset = _page(page_size, page_token)
+        query = select(Conversation).where(_platform_filter(Conversation.platform, platform))
+        if account_id:
+            query = query.where(Conversation.account_id == account_id)
+        if page_id:
+            query = query.where(Conversation.page_id == page_id)
+        query = query.order_by(Conversation.last_event_ms.desc(), Conversation.id.desc())
+        async with self._sessions() as session:
+            rows = (await session.execute(query.limit(limit).offset(offset))).scalars().all()
+        return rows, _next_token(offset, limit, len(rows))
+
+    async def messages(
+        self,
+        *,
+        conversation_id: str,
+        page_id: str,
+        user_id: str,
+        platform: int,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[Sequence[Message], str]:
+        limit, offset = _page(page_size, page_token)
+        query = select(Message)
+        if conversation_id:
+            try:
+                wanted = int(conversation_id)
+            except ValueError:
+                raise InvalidArgument("conversation_id", "must be a conversation id") from None
+            query = query.where(Message.conversation_id == wanted)
+        elif page_id:
+            inner = select(Conversation.id).where(
+                Conversation.page_id == page_id, _platform_filter(Conversation.platform, platform)
+            )
+            if user_id:
+                inner = inner.where(Conversation.user_id == user_id)
+            query = query.where(Message.conversation_id.in_(inner))
+        else:
+            raise InvalidArgument("conversation_id", "give conversation_id or page_id")
+        query = query.order_by(Message.timestamp_ms, Message.id)
+        async with self._sessions() as session:
+            if conversation_id and not await session.get(Conversation, int(conversation_id)):
+                raise NotFound(f"conversation {conversation_id} not found")
+            rows = (await session.execute(query.limit(limit).offset(offset))).scalars().all()
+        return rows, _next_token(offset, limit, len(rows))

@@ -1,0 +1,132 @@
+"""Per-conversation mutual exclusion: Redis across replicas, or in-process for one replica.
+
+The Redis lock is `SET key token NX PX ttl` with a random token and a Lua
+compare-and-delete release. Waiting is not sleep-and-poll: the releaser pushes
+onto a per-lock wake-up list and waiters block on it with BLPOP (Redis serves
+blocked clients first come, first served), bounded by both the caller's wait
+budget and the holder's remaining TTL so a crashed holder's lock is retried
+the moment it expires. The lock key and its wake-up list share a hash tag so
+they live in one slot of a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from pagewire.kit.errors import Aborted, Unavailable
+
+# KEYS[1] lock, KEYS[2] wake-up list; ARGV[1] token, ARGV[2] ttl of the wake-up list (ms).
+# Only the holder whose token is still stored may delete the lock; it then wakes one waiter.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('LTRIM', KEYS[2], -1, -1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class ConversationLocks(Protocol):
+    """Mutual exclusion by conversation key."""
+
+    def hold(self, key: str) -> AsyncIterator[None]: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalLocks:
+    """asyncio locks in this process: correct only while a single router replica runs."""
+
+    def __init__(self, wait_ms: int) -> None:
+        self._wait_s = wait_ms / 1000
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        try:
+            await asyncio.wait_for(lock.acquire(), self._wait_s)
+        except TimeoutError:
+            raise Aborted("conversation is busy: lock wait exceeded") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisLocks:
+    """Redis locks shared by every router replica."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, ttl_ms: int, wait_ms: int) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._ttl_ms = ttl_ms
+        self._wait_ms = wait_ms
+        self._release = client.register_script(_RELEASE)
+
+    def keys_for(self, key: str) -> tuple[str, str]:
+        """The lock key and its wake-up list, sharing the hash tag `{key}`."""
+        lock = f"{self._prefix}:lock:{{{key}}}"
+        return lock, lock + ":wake"
+
+    async def acquire(self, key: str) -> str:
+        """Returns the token of a newly taken lock, or raises Aborted when the wait runs out."""
+        lock_key, wake_key = self.keys_for(key)
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + self._wait_ms / 1000
+        try:
+            while True:
+                if await self._redis.set(lock_key, token, nx=True, px=self._ttl_ms):
+                    return token
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Aborted("conversation is busy: lock wait exceeded")
+                ttl = await self._redis.pttl(lock_key)
+                # A lock with no TTL left (or already gone) is retried at once.
+                if ttl > 0:
+                    await self._redis.blpop([wake_key], timeout=min(remaining, ttl / 1000 + 0.001))
+        except RedisError as exc:
+            raise Unavailable(f"redis unavailable ({type(exc).__name__})") from None
+
+    async def release(self, key: str, token: str) -> bool:
+        """Releases if still held by `token`; False means the lock had expired."""
+        lock_key, wake_key = self.keys_for(key)
+        try:
+            return bool(await self._release(keys=[lock_key, wake_key], args=[token, self._ttl_ms]))
+        except RedisError:
+            # The lock expires by itself; the work under it already committed or rolled back.
+            return False
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        token = await self.acquire(key)
+        try:
+            yield
+        finally:
+            await self.release(key, token)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """The process's Redis client; no socket timeout, since BLPOP blocks by design."""
+    return aioredis.from_url(url, socket_connect_timeout=2, health_check_interval=30)

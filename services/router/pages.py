@@ -1,0 +1,55 @@
+"""Which account a page belongs to, asked of the subscriptions service and cached briefly."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from pagewire.kit.errors import Unavailable
+from pagewire.proto import events_pb2, subscriptions_pb2, subscriptions_pb2_grpc
+
+
+class PageDirectory:
+    """Looks up page connections; only positive answers are cached.
+
+    Not caching "not connected" means an event for a page connected a moment
+    ago is routed, not parked; parking re-checks without the cache as well.
+    """
+
+    def __init__(
+        self, stub: subscriptions_pb2_grpc.SubscriptionsServiceStub, ttl_s: float, timeout_s: float
+    ) -> None:
+        self._stub = stub
+        self._ttl_s = ttl_s
+        self._timeout_s = timeout_s
+        self._cache: dict[tuple[int, str], tuple[str, float]] = {}
+
+    async def account_for(self, platform: int, page_id: str, *, fresh: bool = False) -> str | None:
+        """The page's account id, or None when the page is not connected."""
+        key = (platform, page_id)
+        if not fresh:
+            hit = self._cache.get(key)
+            if hit and hit[1] > time.monotonic():
+                return hit[0]
+        try:
+            reply = await self._stub.GetPage(
+                subscriptions_pb2.GetPageRequest(platform=platform, page_id=page_id),
+                timeout=self._timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                self._cache.pop(key, None)
+                return None
+            raise Unavailable(
+                f"subscriptions service unavailable ({exc.code().name}) for page {page_id}"
+            ) from None
+        self._cache[key] = (reply.page.account_id, time.monotonic() + self._ttl_s)
+        return reply.page.account_id
+
+    def forget(self, platform: int, page_id: str) -> None:
+        self._cache.pop((platform, page_id), None)
+
+
+def platform_name(platform: int) -> str:
+    return events_pb2.Platform.Name(platform)

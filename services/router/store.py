@@ -1,0 +1,192 @@
+"""The router's tables and the statements that write them idempotently.
+
+Idempotence is a property of the database: every insert is an
+INSERT … ON CONFLICT DO NOTHING against a unique constraint, so a redelivered
+event, a retried POST or a second router replica can never add a second row.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from pagewire.kit.db import upsert_insert
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a bigint.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    """The router's own metadata; no other service's tables live here."""
+
+
+class Contact(Base):
+    """A person as seen by one page: their PSID or IGSID."""
+
+    __tablename__ = "contacts"
+    __table_args__ = (UniqueConstraint("platform", "page_id", "user_id", name="uq_contacts_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    page_id: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(String(128))
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class Conversation(Base):
+    """A page and a person on one platform, owned by the page's account."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        UniqueConstraint("platform", "page_id", "user_id", name="uq_conversations_key"),
+        Index("ix_conversations_account_recent", "account_id", "last_event_ms"),
+        Index("ix_conversations_page_recent", "page_id", "last_event_ms"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    platform: Mapped[str] = mapped_column(String(16))
+    page_id: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(String(128))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    last_event_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    delivery_watermark_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    read_watermark_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Message(Base):
+    """A message or an echo; `mid` is unique per page."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("platform", "page_id", "mid", name="uq_messages_mid"),
+        Index("ix_messages_order", "conversation_id", "timestamp_ms", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+    platform: Mapped[str] = mapped_column(String(16))
+    page_id: Mapped[str] = mapped_column(String(128))
+    mid: Mapped[str] = mapped_column(String(512))
+    direction: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text, default="")
+    attachments_json: Mapped[str] = mapped_column(Text, default="[]")
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger)
+    is_echo: Mapped[bool] = mapped_column(Boolean, default=False)
+    app_id: Mapped[str] = mapped_column(String(64), default="")
+    metadata_: Mapped[str] = mapped_column("metadata", Text, default="")
+    quick_reply_payload: Mapped[str] = mapped_column(Text, default="")
+    reply_to_mid: Mapped[str] = mapped_column(String(512), default="")
+    status: Mapped[str] = mapped_column(String(16))
+    standby: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class EventLog(Base):
+    """Every event applied, raw item included; its unique key is what makes ingest exactly-once."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("platform", "page_id", "event_id", name="uq_events_event_id"),
+        Index("ix_events_conversation", "conversation_id", "timestamp_ms"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    page_id: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(String(128))
+    event_id: Mapped[str] = mapped_column(String(512))
+    kind: Mapped[str] = mapped_column(String(64))
+    direction: Mapped[str] = mapped_column(String(16))
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger)
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"))
+    standby: Mapped[bool] = mapped_column(Boolean, default=False)
+    raw_json: Mapped[str] = mapped_column(Text, default="")
+    received_at_ms: Mapped[int] = mapped_column(BigInteger)
+    stored_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class ParkedEvent(Base):
+    """An event for a page that is not connected yet, kept until it is."""
+
+    __tablename__ = "parked_events"
+    __table_args__ = (
+        UniqueConstraint("platform", "page_id", "event_id", name="uq_parked_event_id"),
+        Index("ix_parked_page", "platform", "page_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    page_id: Mapped[str] = mapped_column(String(128))
+    event_id: Mapped[str] = mapped_column(String(512))
+    kind: Mapped[str] = mapped_column(String(64))
+    # The normalized event, serialized, so routing it later is the same code path as live ingest.
+    event: Mapped[bytes] = mapped_column(LargeBinary)
+    raw_json: Mapped[str] = mapped_column(Text, default="")
+    received_at_ms: Mapped[int] = mapped_column(BigInteger)
+    parked_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+def insert_ignoring_duplicates(session: AsyncSession, table):  # type: ignore[no-untyped-def]
+    """INSERT … ON CONFLICT DO NOTHING for the session's dialect."""
+    return upsert_insert(session.bind.dialect.name)(table).on_conflict_do_nothing()
+
+
+async def find_or_create_contact(
+    session: AsyncSession, platform: str, page_id: str, user_id: str, now: int
+) -> int:
+    await session.execute(
+        insert_ignoring_duplicates(session, Contact).values(
+            platform=platform, page_id=page_id, user_id=user_id, created_at_ms=now
+        )
+    )
+    return (
+        await session.execute(
+            select(Contact.id).where(
+                Contact.platform == platform, Contact.page_id == page_id, Contact.user_id == user_id
+            )
+        )
+    ).scalar_one()
+
+
+async def find_or_create_conversation(
+    session: AsyncSession, account_id: str, platform: str, page_id: str, user_id: str, now: int
+) -> Conversation:
+    contact_id = await find_or_create_contact(session, platform, page_id, user_id, now)
+    await session.execute(
+        insert_ignoring_duplicates(session, Conversation).values(
+            account_id=account_id,
+            platform=platform,
+            page_id=page_id,
+            user_id=user_id,
+            contact_id=contact_id,
+            created_at_ms=now,
+            last_event_ms=0,
+            message_count=0,
+            delivery_watermark_ms=0,
+            read_watermark_ms=0,
+        )
+    )
+    return (
+        await session.execute(
+            select(Conversation).where(
+                Conversation.platform == platform,
+                Conversation.page_id == page_id,
+                Conversation.user_id == user_id,
+            )
+        )
+    ).scalar_one()

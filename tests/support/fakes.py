@@ -1,0 +1,42 @@
+"""In-process stand-ins for a neighbouring service, served by the production gRPC bootstrap."""
+
+from __future__ import annotations
+
+import grpc
+
+from pagewire.kit.grpcserver import GrpcService, start_server
+from pagewire.proto import events_pb2, subscriptions_pb2, subscriptions_pb2_grpc
+
+
+class FakeSubscriptions(subscriptions_pb2_grpc.SubscriptionsServiceServicer):
+    """Answers GetPage from a dict the test fills: (platform, page id) → account."""
+
+    def __init__(self) -> None:
+        self.pages: dict[tuple[int, str], str] = {}
+        self.get_page_calls = 0
+
+    def connect(self, page_id: str, account: str, platform: int = events_pb2.FACEBOOK) -> None:
+        self.pages[(platform, page_id)] = account
+
+    async def GetPage(self, request, context):  # type: ignore[no-untyped-def]
+        self.get_page_calls += 1
+        account = self.pages.get((request.platform, request.page_id))
+        if account is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"page {request.page_id} not connected")
+        return subscriptions_pb2.GetPageResponse(
+            page=subscriptions_pb2.Page(
+                platform=request.platform,
+                page_id=request.page_id,
+                account_id=account,
+                status=subscriptions_pb2.SUBSCRIBED,
+            )
+        )
+
+
+async def serve_fake_subscriptions(fake: FakeSubscriptions) -> GrpcService:
+    return await start_server(
+        names=["pagewire.subscriptions.v1.SubscriptionsService"],
+        register=lambda s: subscriptions_pb2_grpc.add_SubscriptionsServiceServicer_to_server(
+            fake, s
+        ),
+    )
