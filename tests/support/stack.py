@@ -1,0 +1,140 @@
+"""The services as real processes on free ports, as an operator would run them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support.waiting import free_port, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+APP_SECRET = "test_app_secret_0123456789abcdef"  # the secret the Meta fixtures are signed with
+VERIFY_TOKEN = "e2e-verify-token-4b1d"
+GRPC_SERVICES = ("router", "tokens", "subscriptions")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    port: int
+
+
+@dataclass
+class Stack:
+    """Starts, stops and kills service processes sharing one environment."""
+
+    workdir: Path
+    env: dict[str, str]
+    ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, Proc] = field(default_factory=dict)
+    _counter: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        workdir: Path,
+        *,
+        database_url: str,
+        redis_url: str | None,
+        redis_prefix: str,
+        graph_url: str,
+        keyring: str,
+    ) -> Stack:
+        ports = {name: free_port() for name in (*GRPC_SERVICES, "gateway")}
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": str(REPO),
+            "PAGEWIRE_DATABASE_URL": database_url,
+            "PAGEWIRE_REDIS_PREFIX": redis_prefix,
+            "PAGEWIRE_APP_SECRET": APP_SECRET,
+            "PAGEWIRE_VERIFY_TOKEN": VERIFY_TOKEN,
+            "PAGEWIRE_KEYRING": keyring,
+            "PAGEWIRE_GRAPH_URL": graph_url,
+            "PAGEWIRE_INSTAGRAM_GRAPH_URL": graph_url,
+            "PAGEWIRE_VAR_DIR": str(workdir / "var"),
+            "PAGEWIRE_SHUTDOWN_DRAIN_S": "0",
+            "PAGEWIRE_LOG_LEVEL": "DEBUG",
+            "PAGEWIRE_GATEWAY_PORT": str(ports["gateway"]),
+        }
+        if redis_url:
+            env["PAGEWIRE_REDIS_URL"] = redis_url
+        for name in GRPC_SERVICES:
+            env[f"PAGEWIRE_{name.upper()}_PORT"] = str(ports[name])
+            env[f"PAGEWIRE_{name.upper()}_ADDR"] = f"127.0.0.1:{ports[name]}"
+        return cls(workdir, env, ports)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['gateway']}"
+
+    async def start(self, service: str, *, name: str | None = None, **overrides: str) -> Proc:
+        """Starts `python -m services.<service>` and waits until it reports healthy."""
+        name = name or service
+        self._counter += 1
+        log = self.workdir / f"{name}.{self._counter}.log"
+        env = {**self.env, **overrides}
+        port = int(overrides.get(f"PAGEWIRE_{service.upper()}_PORT", self.ports.get(service, 0)))
+        with log.open("wb") as out:
+            # Popen returns once the child is forked; nothing here waits on it.
+            popen = subprocess.Popen(  # noqa: ASYNC220
+                [sys.executable, "-m", f"services.{service}"],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        proc = Proc(name, popen, log, port)
+        self.procs[name] = proc
+        try:
+            await wait_for(
+                lambda: self._healthy(service, proc), timeout=20, what=f"{name} to be healthy"
+            )
+        except TimeoutError:
+            raise RuntimeError(f"{name} did not start:\n{log.read_text()[-3000:]}") from None
+        return proc
+
+    async def _healthy(self, service: str, proc: Proc) -> bool:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}")
+        if service == "gateway":
+            async with httpx.AsyncClient(timeout=1) as client:
+                return (
+                    await client.get(f"http://127.0.0.1:{proc.port}/healthz")
+                ).status_code == 200
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def stop(self, name: str, sig: int = signal.SIGTERM) -> int:
+        """Signals a process and waits for it to exit; returns its exit code."""
+        proc = self.procs.pop(name)
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(sig)
+        return await asyncio.to_thread(proc.popen.wait, 20)
+
+    async def kill(self, name: str) -> int:
+        return await self.stop(name, signal.SIGKILL)
+
+    async def stop_all(self) -> None:
+        for name in list(self.procs):
+            try:
+                await self.stop(name)
+            except subprocess.TimeoutExpired:
+                await self.kill(name)
+
+    def logs(self) -> str:
+        """Everything every process printed during the test."""
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("*.log")))
