@@ -16,7 +16,7 @@ def to_dict(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)
-        if field.label == FieldDescriptor.LABEL_REPEATED:
+        if field.is_repeated:
             out[field.name] = [_scalar(field, item) for item in value]
         else:
             out[field.name] = _scalar(field, value)

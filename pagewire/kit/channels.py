@@ -20,5 +20,10 @@ def open_channel(target: str) -> grpc.aio.Channel:
             ("grpc.enable_retries", 1),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_permit_without_calls", 0),
+            # gRPC's default backoff grows to 120 s; a restarted replica must be used again
+            # within seconds, or the gateway answers 503 long after the router is back.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ],
     )
