@@ -1,0 +1,362 @@
+"""Meta webhook envelopes → `events.v1` events: pure functions, no web or gRPC imports.
+
+Every item of every `entry[].messaging[]` and `entry[].standby[]` becomes one
+Event. Meta's payloads vary (ids as numbers or strings, seconds or
+milliseconds, float timestamps, missing senders, the dashboard's test body),
+so nothing here trusts a type: a value of the wrong type reads as absent, and
+an item that cannot be understood travels as `unsupported` with its raw JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pagewire.kit.timeutil import now_ms
+from pagewire.proto import events_pb2
+
+# Webhook `object` → platform. Anything else (user, permissions, whatsapp...) is not ours.
+PLATFORMS: dict[str, int] = {"page": events_pb2.FACEBOOK, "instagram": events_pb2.INSTAGRAM}
+
+# Below this a timestamp is in seconds: 10**11 ms is 1973, 10**11 s is the year 5138.
+_SECONDS_BELOW = 10**11
+_INT64_MAX = 2**63 - 1
+_KIND_MAX_CHARS = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Meta's envelopes nest about eight levels; far deeper input is hostile, and re-encoding it
+# (raw_json, the id digest) could hit Python's recursion limit mid-request.
+MAX_DEPTH = 64
+
+# Keys every item carries; they say who and when, never what happened.
+_COMMON_KEYS = frozenset({"sender", "recipient", "timestamp"})
+# When an item has several content keys, the first of these names its kind (a postback
+# carrying a referral is a postback); otherwise the item's first other key does.
+_KIND_PRIORITY = (
+    "message",
+    "message_edit",
+    "delivery",
+    "read",
+    "reaction",
+    "postback",
+    "referral",
+    "optin",
+    "pass_thread_control",
+    "take_thread_control",
+    "request_thread_control",
+    "app_roles",
+    "policy_enforcement",
+    "policy-enforcement",
+    "account_linking",
+)
+# Modifiers that ride along with a real event (a checkbox-plugin message carries one).
+_MODIFIER_KEYS = frozenset({"prior_message"})
+_STICKER_BEARING = frozenset({"sticker", "image"})
+
+
+class MalformedEnvelope(ValueError):
+    """Not a webhook envelope: not JSON, not an object, `entry` not a list, or nested absurdly."""
+
+
+def parse_envelope(body: bytes) -> dict[str, Any]:
+    """Parses a webhook body; raises MalformedEnvelope (a 400) rather than guessing.
+
+    NaN and Infinity are refused: they are not JSON, and nothing downstream could
+    store them. Integers keep full precision (ids above 2**53 stay exact).
+    """
+    try:
+        data = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise MalformedEnvelope("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise MalformedEnvelope("body is not a JSON object")
+    if not isinstance(data.get("entry"), list):
+        raise MalformedEnvelope("entry is not a list")
+    if _too_deep(data, MAX_DEPTH):
+        raise MalformedEnvelope(f"body is nested deeper than {MAX_DEPTH} levels")
+    return data
+
+
+def platform_of(envelope: Mapping[str, Any]) -> int | None:
+    """FACEBOOK for `object: page`, INSTAGRAM for `object: instagram`, else None."""
+    obj = envelope.get("object")
+    return PLATFORMS.get(obj) if isinstance(obj, str) else None
+
+
+def normalize_envelope(
+    envelope: Mapping[str, Any], *, received_at_ms: int | None = None
+) -> list[events_pb2.Event]:
+    """Every messaging and standby item of every entry, as events in Meta's order.
+
+    Entries without a usable id are skipped: without a page nothing can be routed,
+    and Meta's dashboard test body (`"message": "TEST_MESSAGE"`, no ids) is one.
+    """
+    platform = platform_of(envelope)
+    entries = envelope.get("entry")
+    if platform is None or not isinstance(entries, list):
+        return []
+    received = now_ms() if received_at_ms is None else received_at_ms
+    events: list[events_pb2.Event] = []
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        page_id = id_str(entry.get("id"))
+        if not page_id:
+            continue
+        entry_time_ms = to_ms(entry.get("time"))
+        for key, standby in (("messaging", False), ("standby", True)):
+            items = entry.get(key)
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                if not isinstance(item, Mapping):
+                    continue  # not an item at all: no sender, no kind, nothing to keep
+                events.append(
+                    normalize_item(
+                        item,
+                        platform=platform,
+                        page_id=page_id,
+                        standby=standby,
+                        entry_time_ms=entry_time_ms,
+                        received_at_ms=received,
+                    )
+                )
+    return events
+
+
+def normalize_item(
+    item: Mapping[str, Any],
+    *,
+    platform: int,
+    page_id: str,
+    standby: bool = False,
+    entry_time_ms: int | None = None,
+    received_at_ms: int,
+) -> events_pb2.Event:
+    """One messaging item → one Event; never raises on odd shapes."""
+    kind = item_kind(item)
+    body = item.get(kind)
+    event = events_pb2.Event(
+        platform=platform,  # type: ignore[arg-type]
+        page_id=page_id,
+        standby=standby,
+        raw_json=raw_json(item),
+        received_at_ms=received_at_ms,
+    )
+    sender = _party_id(item, "sender")
+    recipient = _party_id(item, "recipient")
+    watermark_ms: int | None = None
+
+    if kind == "message" and isinstance(body, Mapping):
+        _fill_message(event.message, body)
+        if event.message.is_deleted and event.message.mid:
+            # An unsend carries the mid of the message it removes; sharing that id would
+            # make it a duplicate of the original and the removal would be dropped.
+            event.id = "deleted:" + event.message.mid
+        else:
+            event.id = event.message.mid or event_digest("message", platform, page_id, item)
+    elif kind == "delivery" and isinstance(body, Mapping):
+        event.delivery.mids.extend(m for m in map(id_str, _list(body.get("mids"))) if m)
+        watermark_ms = to_ms(body.get("watermark"))
+        event.delivery.watermark_ms = watermark_ms or 0
+        event.id = event_digest("delivery", platform, page_id, item)
+    elif kind == "read" and isinstance(body, Mapping):
+        watermark_ms = to_ms(body.get("watermark"))
+        event.read.watermark_ms = watermark_ms or 0
+        event.read.mid = id_str(body.get("mid"))
+        event.id = event_digest("read", platform, page_id, item)
+    else:
+        event.unsupported.kind = kind
+        event.id = event_digest(kind, platform, page_id, item)
+
+    if event.HasField("message") and event.message.is_echo:
+        # An echo is the Page writing to the person: the person is the recipient.
+        event.direction = events_pb2.OUTBOUND
+        event.user_id = recipient
+    else:
+        event.direction = events_pb2.INBOUND
+        # Some senders put the Page as sender and the person as recipient (older
+        # delivery/read/handover shapes); the conversation is still the person's.
+        event.user_id = recipient if sender and sender == page_id else sender
+
+    # Meta omits the timestamp on some deliveries; the watermark, then the entry's time,
+    # then the moment of receipt are the next best order keys.
+    item_ms = to_ms(item.get("timestamp"))
+    event.timestamp_ms = item_ms or watermark_ms or entry_time_ms or received_at_ms
+    return event
+
+
+def item_kind(item: Mapping[str, Any]) -> str:
+    """The key that names what happened (Meta puts no type field in the body)."""
+    for key in _KIND_PRIORITY:
+        if key in item:
+            return key
+    for key in item:
+        if key not in _COMMON_KEYS and key not in _MODIFIER_KEYS:
+            return _clean(str(key))[:_KIND_MAX_CHARS] or "unknown"
+    for key in item:
+        if key in _MODIFIER_KEYS:
+            return key
+    return "unknown"
+
+
+def id_str(value: object) -> str:
+    """An id as a string: strings as they are, integers in decimal, anything else ''.
+
+    Meta documents ids as strings but sends some (app_id, sticker_id) as numbers,
+    and other projects' payloads use numbers for every id.
+    """
+    if isinstance(value, bool):
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if math.isfinite(value) and value.is_integer() else ""
+    if isinstance(value, str):
+        return _clean(value)
+    return ""
+
+
+def to_ms(value: object) -> int | None:
+    """Meta's time as epoch milliseconds, or None when absent or unusable.
+
+    Floats are accepted (some payloads write `1492414608999.0`); values below 10**11
+    are seconds, which Meta's lead-ads and generic Graph samples use.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value) if "." in value else int(value)
+        except ValueError:
+            return None
+    if isinstance(value, int):
+        ms = value * 1000 if value < _SECONDS_BELOW else value
+    elif isinstance(value, float) and math.isfinite(value):
+        ms = round(value * 1000) if value < _SECONDS_BELOW else int(value)
+    else:
+        return None
+    return ms if 0 < ms <= _INT64_MAX else None
+
+
+def raw_json(item: object) -> str:
+    """The item as compact JSON with readable (unescaped) non-ASCII text."""
+    text = json.dumps(item, ensure_ascii=False, separators=(",", ":"), default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (a half emoji) cannot be UTF-8; escaped JSON keeps it exactly.
+        text = json.dumps(item, ensure_ascii=True, separators=(",", ":"), default=str)
+    return text
+
+
+def event_digest(kind: str, platform: int, page_id: str, item: object) -> str:
+    """`<kind>:<sha256 prefix>` over the platform, the page and the item itself.
+
+    Only content goes in (never entry.time or the time of receipt), so Meta's
+    redelivery of the same item gets the same id and any other item another.
+    """
+    canonical = json.dumps(
+        {"platform": platform, "page_id": page_id, "item": item},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+        default=str,
+    )
+    return f"{kind}:{hashlib.sha256(canonical.encode('ascii')).hexdigest()[:40]}"
+
+
+def _fill_message(target: events_pb2.MessageEvent, message: Mapping[str, Any]) -> None:
+    target.mid = id_str(message.get("mid"))
+    target.text = _text(message.get("text"))
+    target.is_echo = _flag(message.get("is_echo"))
+    target.app_id = id_str(message.get("app_id"))
+    target.metadata = _text(message.get("metadata"))
+    target.is_deleted = _flag(message.get("is_deleted"))
+    target.is_unsupported = _flag(message.get("is_unsupported"))
+    quick_reply = message.get("quick_reply")
+    if isinstance(quick_reply, Mapping):
+        target.quick_reply_payload = _text(quick_reply.get("payload"))
+    reply_to = message.get("reply_to")
+    if isinstance(reply_to, Mapping):
+        target.reply_to_mid = id_str(reply_to.get("mid"))
+    # Older payloads put the sticker id on the message, beside an image attachment.
+    message_sticker = id_str(message.get("sticker_id"))
+    for attachment in _list(message.get("attachments")):
+        if isinstance(attachment, Mapping):
+            target.attachments.append(_attachment(attachment, message_sticker))
+
+
+def _attachment(attachment: Mapping[str, Any], message_sticker: str) -> events_pb2.Attachment:
+    raw_payload = attachment.get("payload")
+    payload: Mapping[str, Any] = raw_payload if isinstance(raw_payload, Mapping) else {}
+    kind = _text(attachment.get("type"))
+    sticker = id_str(payload.get("sticker_id"))
+    if not sticker and kind in _STICKER_BEARING:
+        sticker = message_sticker
+    return events_pb2.Attachment(
+        type=kind,
+        # Legacy fallbacks have `payload: null` with top-level title and `url` or `URL`.
+        url=_first_text(payload.get("url"), attachment.get("url"), attachment.get("URL")),
+        title=_first_text(payload.get("title"), attachment.get("title")),
+        sticker_id=sticker,
+        payload_json="" if raw_payload is None else raw_json(raw_payload),
+    )
+
+
+def _party_id(item: Mapping[str, Any], key: str) -> str:
+    party = item.get(key)
+    return id_str(party.get("id")) if isinstance(party, Mapping) else ""
+
+
+def _flag(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return False
+
+
+def _text(value: object) -> str:
+    return _clean(value) if isinstance(value, str) else ""
+
+
+def _first_text(*values: object) -> str:
+    for value in values:
+        if isinstance(value, str) and value:
+            return _clean(value)
+    return ""
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _clean(text: str) -> str:
+    """Protobuf strings must be valid UTF-8; a lone surrogate becomes U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    """True when values nest more than `limit` levels (walked without recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+    return False
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")

@@ -1,0 +1,111 @@
+"""Gateway settings from the environment: defaults, secrets from files, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pagewire.kit.settings import SettingsError
+from services.gateway.config import GatewaySettings
+
+APP_SECRET = "test_app_secret_0123456789abcdef"
+VERIFY = "verify-5f1c0e2b9a"
+
+
+def env(**extra: str) -> dict[str, str]:
+    base = {"PAGEWIRE_APP_SECRET": APP_SECRET, "PAGEWIRE_VERIFY_TOKEN": VERIFY}
+    base.update({f"PAGEWIRE_{k}": v for k, v in extra.items()})
+    return base
+
+
+def test_defaults() -> None:
+    settings = GatewaySettings.from_env(env())
+    assert settings.app_secret.get() == APP_SECRET
+    assert settings.instagram_app_secret.get() == APP_SECRET  # falls back to the app secret
+    assert settings.verify_token.get() == VERIFY
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 8080
+    assert settings.max_body_bytes == 1_048_576
+    assert settings.ingest_timeout_s == 4.0
+    assert settings.router_addr == "127.0.0.1:50051"
+    assert settings.log_level == "INFO"
+
+
+def test_every_setting() -> None:
+    settings = GatewaySettings.from_env(
+        env(
+            INSTAGRAM_APP_SECRET="ig_secret_abcdef0123456789",
+            GATEWAY_HOST="0.0.0.0",
+            GATEWAY_PORT="9090",
+            GATEWAY_MAX_BODY_BYTES="2048",
+            GATEWAY_INGEST_TIMEOUT_S="2.5",
+            ROUTER_ADDR="dns:///router.pagewire.svc:50051",
+            LOG_LEVEL="debug",
+        )
+    )
+    assert settings.instagram_app_secret.get() == "ig_secret_abcdef0123456789"
+    assert (settings.host, settings.port) == ("0.0.0.0", 9090)
+    assert settings.max_body_bytes == 2048
+    assert settings.ingest_timeout_s == 2.5
+    assert settings.router_addr == "dns:///router.pagewire.svc:50051"
+    assert settings.log_level == "DEBUG"
+
+
+def test_secrets_from_files(tmp_path: Path) -> None:
+    (tmp_path / "app").write_text(APP_SECRET + "\n")
+    (tmp_path / "verify").write_text(VERIFY)
+    settings = GatewaySettings.from_env(
+        {
+            "PAGEWIRE_APP_SECRET_FILE": str(tmp_path / "app"),
+            "PAGEWIRE_VERIFY_TOKEN_FILE": str(tmp_path / "verify"),
+        }
+    )
+    assert settings.app_secret.get() == APP_SECRET
+    assert settings.verify_token.get() == VERIFY
+
+
+def test_secrets_never_in_repr() -> None:
+    text = repr(GatewaySettings.from_env(env(INSTAGRAM_APP_SECRET="ig_secret_abcdef0123456789")))
+    assert APP_SECRET not in text and VERIFY not in text and "ig_secret" not in text
+    assert "**********" in text
+
+
+def test_missing_app_secret_names_it() -> None:
+    with pytest.raises(SettingsError, match="PAGEWIRE_APP_SECRET"):
+        GatewaySettings.from_env({"PAGEWIRE_VERIFY_TOKEN": VERIFY})
+    with pytest.raises(SettingsError, match="PAGEWIRE_APP_SECRET"):
+        GatewaySettings.from_env({})
+
+
+def test_missing_verify_token_names_it() -> None:
+    with pytest.raises(SettingsError, match="PAGEWIRE_VERIFY_TOKEN"):
+        GatewaySettings.from_env({"PAGEWIRE_APP_SECRET": APP_SECRET})
+
+
+def test_placeholder_secret_refused() -> None:
+    with pytest.raises(SettingsError, match="placeholder"):
+        GatewaySettings.from_env(env(APP_SECRET="changeme"))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("GATEWAY_PORT", "http", "PAGEWIRE_GATEWAY_PORT"),
+        ("GATEWAY_PORT", "70000", "PAGEWIRE_GATEWAY_PORT"),
+        ("GATEWAY_MAX_BODY_BYTES", "0", "PAGEWIRE_GATEWAY_MAX_BODY_BYTES"),
+        ("GATEWAY_INGEST_TIMEOUT_S", "0", "PAGEWIRE_GATEWAY_INGEST_TIMEOUT_S"),
+        ("GATEWAY_INGEST_TIMEOUT_S", "5", "PAGEWIRE_GATEWAY_INGEST_TIMEOUT_S"),
+        ("GATEWAY_INGEST_TIMEOUT_S", "soon", "PAGEWIRE_GATEWAY_INGEST_TIMEOUT_S"),
+        ("LOG_LEVEL", "loud", "PAGEWIRE_LOG_LEVEL"),
+    ],
+)
+def test_invalid_values_name_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        GatewaySettings.from_env(env(**{name: value}))
+
+
+def test_settings_are_frozen() -> None:
+    settings = GatewaySettings.from_env(env())
+    with pytest.raises(AttributeError):
+        settings.port = 1  # type: ignore[misc]
