@@ -18,6 +18,7 @@ def open_channel(target: str) -> grpc.aio.Channel:
         options=[
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.enable_retries", 1),
+            ("grpc.max_send_message_length", 32 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_permit_without_calls", 0),
             # gRPC's default backoff grows to 120 s; a restarted replica must be used again

@@ -22,6 +22,7 @@ from pagewire.kit.errors import PagewireError
 log = logging.getLogger("pagewire.grpc")
 
 Register = Callable[[grpc.aio.Server], None]
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 Closer = Callable[[], Awaitable[None]]
 
 
@@ -115,6 +116,9 @@ async def start_server(
             ("grpc.max_connection_age_ms", max_connection_age_s * 1000),
             ("grpc.max_connection_age_grace_ms", 10_000),
             ("grpc.so_reuseport", 0),
+            # One Ingest carries a whole webhook body (up to the gateway's limit, 1 MiB by
+            # default) plus its normalized form; gRPC's default 4 MiB would cap raising it.
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ],
     )
     register(server)

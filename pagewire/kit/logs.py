@@ -8,7 +8,12 @@ import sys
 import time
 
 # Attributes every LogRecord has; anything else passed via `extra=` is emitted as a field.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# uvicorn adds `color_message` (the same text with ANSI colours) to its records.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
