@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import grpc
@@ -26,6 +27,20 @@ MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 Closer = Callable[[], Awaitable[None]]
 
 
+@asynccontextmanager
+async def _mapped_errors(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+    """Domain error → its status; anything unexpected → INTERNAL with a safe message."""
+    try:
+        yield
+    except PagewireError as exc:
+        await context.abort(grpc.StatusCode[exc.status], str(exc))
+    except (asyncio.CancelledError, grpc.aio.AbortError):
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"rpc": method})
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns domain errors into status codes and hides unexpected ones behind INTERNAL."""
 
@@ -38,15 +53,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary(request, context):  # type: ignore[no-untyped-def]
-                try:
+                async with _mapped_errors(context, method):
                     return await inner(request, context)
-                except PagewireError as exc:
-                    await context.abort(grpc.StatusCode[exc.status], str(exc))
-                except (asyncio.CancelledError, grpc.aio.AbortError):
-                    raise
-                except Exception:
-                    log.exception("unhandled error", extra={"rpc": method})
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
@@ -57,16 +65,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def stream(request, context):  # type: ignore[no-untyped-def]
-                try:
+                async with _mapped_errors(context, method):
                     async for item in inner_stream(request, context):
                         yield item
-                except PagewireError as exc:
-                    await context.abort(grpc.StatusCode[exc.status], str(exc))
-                except (asyncio.CancelledError, grpc.aio.AbortError):
-                    raise
-                except Exception:
-                    log.exception("unhandled error", extra={"rpc": method})
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,
