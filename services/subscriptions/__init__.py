@@ -1,0 +1,1 @@
+"""Subscriptions service: which pages Pagewire receives webhooks for, for which account."""

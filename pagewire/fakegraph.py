@@ -1,0 +1,511 @@
+"""A local stand-in for the Graph API's `subscribed_apps` edge, in Graph's own shapes.
+
+Used by the tests (in-process, through `start()`) and by `pagewire fake-graph`
+(`serve()`). It records every Graph request it receives and can be told to
+fail through a small control API under `/_fake/`:
+
+    GET  /_fake/requests   every recorded Graph request, oldest first
+    GET  /_fake/pages      subscriptions by page id
+    POST /_fake/reset      forget requests, pages and failures
+    POST /_fake/fail       {"method", "path_contains", "status", "error" | "preset" | "body",
+                            "times", "delay_s", "headers"} — the next matching requests fail
+                            (or, with "body", get that JSON instead of the normal answer)
+
+Presets are the error bodies Meta sends (../shared/fixtures/graph); they are
+embedded here so the server needs nothing outside this repository.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+FAKE_APP_ID = "842019375510284"
+_APP = {"category": "Business", "link": "https://pagewire.example/", "name": "Pagewire"}
+
+# Error bodies as Graph sends them (fixtures/graph/error_*.json).
+PRESETS: dict[str, dict[str, Any]] = {
+    "190_460": {
+        "message": "Error validating access token: The session has been invalidated because"
+        " the user changed their password or Facebook has changed the session for security"
+        " reasons.",
+        "type": "OAuthException",
+        "code": 190,
+        "error_subcode": 460,
+        "fbtrace_id": "AzX8kq2hPZl3nTqQf1bR9sV",
+    },
+    "190_463": {
+        "message": "Error validating access token: Session has expired on Friday, 27-Nov-26"
+        " 10:00:00 PST. The current time is Sunday, 29-Nov-26 04:00:00 PST.",
+        "type": "OAuthException",
+        "code": 190,
+        "error_subcode": 463,
+        "fbtrace_id": "B1yQm7dLsW0aXcE4tRn2kPo",
+    },
+    "613": {
+        "message": "(#613) Calls to this api have exceeded the rate limit.",
+        "type": "OAuthException",
+        "code": 613,
+        "fbtrace_id": "C7vNq1eRt5yUi9oPa3sDf6g",
+    },
+    "551": {
+        "message": "(#551) This person isn't available right now.",
+        "type": "OAuthException",
+        "code": 551,
+        "error_subcode": 1545041,
+        "fbtrace_id": "D2wEr4tYu6iOp8aSd0fGh1j",
+    },
+    "10_2018278": {
+        "message": "(#10) This message is sent outside of allowed window. Learn more about the"
+        " new policy here: https://developers.facebook.com/docs/messenger-platform/"
+        "policy-overview",
+        "type": "OAuthException",
+        "code": 10,
+        "error_subcode": 2018278,
+        "fbtrace_id": "E3eRt5yUi7oPa9sDf1gHj2k",
+    },
+    "100": {
+        "message": "(#100) Invalid parameter",
+        "type": "OAuthException",
+        "code": 100,
+        "fbtrace_id": "F4rTy6uIo8pAs0dFg2hJk3l",
+    },
+    "2": {
+        "message": "An unexpected error has occurred. Please retry your request later.",
+        "type": "OAuthException",
+        "is_transient": True,
+        "code": 2,
+        "fbtrace_id": "G5tYu7iOp9aSd1fGh3jKl4z",
+    },
+}
+# Rate-limit answers carry usage headers (fixtures/graph/error_613_headers.json).
+PRESET_HEADERS: dict[str, dict[str, str]] = {
+    "613": {
+        "X-Business-Use-Case-Usage": json.dumps(
+            {
+                "109384756201938": [
+                    {
+                        "type": "messenger",
+                        "call_count": 100,
+                        "total_cputime": 12,
+                        "total_time": 35,
+                        "estimated_time_to_regain_access": 2,
+                    }
+                ]
+            },
+            separators=(",", ":"),
+        ),
+        "X-App-Usage": json.dumps(
+            {"call_count": 28, "total_time": 25, "total_cputime": 25}, separators=(",", ":")
+        ),
+    }
+}
+# "500" is an answer with no Graph error body at all, as a failing proxy or edge gives.
+PRESET_NAMES = (*PRESETS, "500")
+
+# Graph says 104 for a missing token; the fake answers 190 so every token problem looks alike.
+_NO_TOKEN = {
+    "message": "An access token is required to request this resource.",
+    "type": "OAuthException",
+    "code": 190,
+    "fbtrace_id": "FakeGraphNoToken000000",
+}
+_INVALID_TOKEN = {
+    "message": "Invalid OAuth access token - Cannot parse access token",
+    "type": "OAuthException",
+    "code": 190,
+    "fbtrace_id": "FakeGraphBadToken00000",
+}
+
+
+def _graph_error(error: dict[str, Any], status: int = 400, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": error}, status_code=status, headers=headers or None)
+
+
+@dataclass
+class Failure:
+    """A rule that makes the next `times` matching requests fail (None: until reset)."""
+
+    method: str | None = None
+    path_contains: str = ""
+    status: int = 400
+    error: dict[str, Any] | None = None
+    preset: str | None = None
+    body: Any = None
+    times: int | None = 1
+    delay_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def answers(self) -> bool:
+        """Whether the rule replaces Graph's answer (else it only delays it)."""
+        return self.error is not None or self.preset is not None or self.body is not None
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and self.path_contains in path
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "path_contains": self.path_contains,
+            "status": self.status,
+            "error": self.error,
+            "preset": self.preset,
+            "body": self.body,
+            "times": self.times,
+            "delay_s": self.delay_s,
+        }
+
+
+class BadFailure(ValueError):
+    """A /_fake/fail body that cannot be used."""
+
+
+def failure_from_json(body: Any) -> Failure:
+    """Validates a /_fake/fail body into a Failure."""
+    if not isinstance(body, dict):
+        raise BadFailure("body must be a JSON object")
+    preset = body.get("preset")
+    error = body.get("error")
+    if preset is not None:
+        preset = str(preset)
+        if preset not in PRESET_NAMES:
+            raise BadFailure(f"unknown preset {preset!r}; one of {', '.join(PRESET_NAMES)}")
+    if error is not None and not isinstance(error, dict):
+        raise BadFailure("error must be an object (Graph's error fields)")
+    answer = body.get("body")
+    if sum(item is not None for item in (preset, error, answer)) > 1:
+        raise BadFailure("give one of error, preset or body")
+    method = body.get("method")
+    times = body.get("times", 1)
+    if times is not None and (not isinstance(times, int) or times < 1):
+        raise BadFailure("times must be a positive integer, or null for until reset")
+    delay_s = body.get("delay_s", 0)
+    if not isinstance(delay_s, int | float) or delay_s < 0:
+        raise BadFailure("delay_s must be a non-negative number")
+    default_status = 500 if preset == "500" else 200 if answer is not None else 400
+    status = body.get("status", default_status)
+    if not isinstance(status, int) or not 100 <= status <= 599:
+        raise BadFailure("status must be an HTTP status code")
+    headers = body.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise BadFailure("headers must be an object")
+    return Failure(
+        method=str(method).upper() if method else None,
+        path_contains=str(body.get("path_contains") or ""),
+        status=status,
+        error=error,
+        preset=preset,
+        body=answer,
+        times=times,
+        delay_s=float(delay_s),
+        headers={str(k): str(v) for k, v in headers.items()},
+    )
+
+
+@dataclass
+class FakeGraphState:
+    """What the fake has seen and been told: requests, subscriptions, pending failures."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    # page id → {"subscribed_fields": [...], "token": bearer of the last POST}
+    pages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+    # Set on stop, so a delayed answer ends at once instead of holding shutdown.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.pages.clear()
+        self.failures.clear()
+
+    def fail(self, **rule: Any) -> Failure:
+        """Adds a failure rule (same keys as POST /_fake/fail)."""
+        failure = failure_from_json(rule)
+        self.failures.append(failure)
+        return failure
+
+    def take_failure(self, method: str, path: str) -> Failure | None:
+        for failure in self.failures:
+            if failure.matches(method, path):
+                if failure.times is not None:
+                    failure.times -= 1
+                    if failure.times <= 0:
+                        self.failures.remove(failure)
+                return failure
+        return None
+
+    def requests_to(self, method: str, path_contains: str = "") -> list[dict[str, Any]]:
+        """Recorded requests with this method whose path contains `path_contains`."""
+        return [r for r in self.requests if r["method"] == method and path_contains in r["path"]]
+
+
+def _bearer(request: Request) -> tuple[bool, str | None]:
+    header = request.headers.get("authorization")
+    if header is None:
+        return False, None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return True, None
+    return True, value.strip()
+
+
+async def _record(state: FakeGraphState, request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    content_type = request.headers.get("content-type", "")
+    form: dict[str, str] | None = None
+    body_json: Any = None
+    if "application/x-www-form-urlencoded" in content_type:
+        form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+    elif "json" in content_type and raw:
+        try:
+            body_json = json.loads(raw)
+        except ValueError:
+            body_json = None
+    has_auth, bearer = _bearer(request)
+    entry = {
+        "method": request.method,
+        "path": request.url.path,
+        "query": dict(request.query_params),
+        "raw_query": request.url.query,
+        "form": form,
+        "json": body_json,
+        "has_authorization": has_auth,
+        "bearer_token": bearer,
+        "host": request.headers.get("host", ""),
+        "time_ms": int(time.time() * 1000),
+    }
+    state.requests.append(entry)
+    return entry
+
+
+def _failure_response(failure: Failure) -> Response:
+    if failure.body is not None:
+        return JSONResponse(failure.body, status_code=failure.status, headers=failure.headers)
+    if failure.preset == "500":
+        return PlainTextResponse("Internal Server Error", status_code=failure.status)
+    error = failure.error if failure.error is not None else PRESETS.get(failure.preset or "", {})
+    headers = {**PRESET_HEADERS.get(failure.preset or "", {}), **failure.headers}
+    return _graph_error(dict(error), failure.status, **headers)
+
+
+def _fields_of(entry: dict[str, Any]) -> list[str] | None:
+    """`subscribed_fields` from form, JSON body or query; Graph accepts all three."""
+    for source in (entry["form"], entry["json"], entry["query"]):
+        if isinstance(source, dict) and "subscribed_fields" in source:
+            value = source["subscribed_fields"]
+            if isinstance(value, list):
+                return [str(item) for item in value]
+            return [part.strip() for part in str(value).split(",") if part.strip()]
+    return None
+
+
+def _token_of(entry: dict[str, Any]) -> str | None:
+    # Graph also takes access_token as a parameter; Pagewire must not, and tests check that.
+    if entry["bearer_token"]:
+        return entry["bearer_token"]
+    for source in (entry["form"], entry["json"], entry["query"]):
+        if isinstance(source, dict) and source.get("access_token"):
+            return str(source["access_token"])
+    return None
+
+
+def create_app(state: FakeGraphState) -> Starlette:
+    """The Starlette app: Graph routes, a Graph-shaped 404, and the /_fake/ control API."""
+
+    async def graph(request: Request) -> Response:
+        entry = await _record(state, request)
+        failure = state.take_failure(request.method, request.url.path)
+        if failure is not None and failure.delay_s:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.stopping.wait(), failure.delay_s)
+        if failure is not None and failure.answers:
+            return _failure_response(failure)
+        return _answer(state, request, entry)
+
+    async def requests(request: Request) -> Response:
+        return JSONResponse({"requests": state.requests})
+
+    async def pages(request: Request) -> Response:
+        shown = {
+            page_id: {"subscribed_fields": page["subscribed_fields"]}
+            for page_id, page in state.pages.items()
+        }
+        return JSONResponse({"pages": shown})
+
+    async def reset(request: Request) -> Response:
+        state.reset()
+        return JSONResponse({"ok": True})
+
+    async def fail(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"{}")
+            failure = failure_from_json(body)
+        except (ValueError, BadFailure) as exc:
+            return JSONResponse({"ok": False, "error": str(exc)}, status_code=400)
+        state.failures.append(failure)
+        return JSONResponse({"ok": True, "failure": failure.describe()})
+
+    return Starlette(
+        routes=[
+            Route("/_fake/requests", requests, methods=["GET"]),
+            Route("/_fake/pages", pages, methods=["GET"]),
+            Route("/_fake/reset", reset, methods=["POST"]),
+            Route("/_fake/fail", fail, methods=["POST"]),
+            Route("/{path:path}", graph, methods=["GET", "POST", "DELETE"]),
+        ]
+    )
+
+
+def _answer(state: FakeGraphState, request: Request, entry: dict[str, Any]) -> Response:
+    parts = [part for part in request.url.path.split("/") if part]
+    # /{version}/{id}/subscribed_apps, the version optional as Graph allows.
+    if parts and parts[0].startswith("v") and parts[0][1:2].isdigit():
+        parts = parts[1:]
+    if len(parts) != 2 or parts[1] != "subscribed_apps":
+        return _graph_error(
+            {
+                "message": f"Unknown path components: /{'/'.join(parts)}",
+                "type": "OAuthException",
+                "code": 2500,
+                "fbtrace_id": "FakeGraphUnknownPath00",
+            }
+        )
+    page_id = parts[0]
+    token = _token_of(entry)
+    if token is None:
+        return _graph_error(_NO_TOKEN if not entry["has_authorization"] else _INVALID_TOKEN)
+    if request.method == "POST":
+        fields = _fields_of(entry)
+        if not fields:
+            return _graph_error(
+                {
+                    "message": "(#100) The parameter subscribed_fields is required",
+                    "type": "OAuthException",
+                    "code": 100,
+                    "fbtrace_id": "FakeGraphNoFields00000",
+                }
+            )
+        state.pages[page_id] = {"subscribed_fields": fields, "token": token}
+        # Messenger answers a string here; Instagram Login a boolean (fixtures/graph/README).
+        return JSONResponse({"success": "true"})
+    if request.method == "DELETE":
+        state.pages.pop(page_id, None)
+        return JSONResponse({"success": True})
+    page = state.pages.get(page_id)
+    if page is None:
+        return JSONResponse({"data": []})
+    return JSONResponse(
+        {"data": [{**_APP, "id": FAKE_APP_ID, "subscribed_fields": page["subscribed_fields"]}]}
+    )
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the host process (tests, services) owns signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _config(state: FakeGraphState) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(state),
+        lifespan="off",
+        ws="none",
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@dataclass
+class FakeGraph:
+    """A running fake: its base URL, its state, and how to stop it."""
+
+    url: str
+    state: FakeGraphState
+    _server: uvicorn.Server
+    _task: asyncio.Task[None]
+    _socket: socket.socket
+
+    async def stop(self) -> None:
+        self.state.stopping.set()
+        self._server.should_exit = True
+        try:
+            await self._task
+        finally:
+            self._socket.close()
+
+
+async def start(host: str = "127.0.0.1", port: int = 0, *, timeout_s: float = 10.0) -> FakeGraph:
+    """Runs the fake in the current event loop; port 0 picks a free port."""
+    state = FakeGraphState()
+    sock = _bind(host, port)
+    server = _EmbeddedServer(_config(state))
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="fake-graph")
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if task.done():
+            sock.close()
+            task.result()  # raises what stopped it
+            raise RuntimeError("fake Graph API exited during start-up")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise TimeoutError(f"fake Graph API did not start within {timeout_s}s")
+        await asyncio.sleep(0.01)  # polling `started`; uvicorn offers no event for it
+    return FakeGraph(_url(host, sock.getsockname()[1]), state, server, task, sock)
+
+
+def serve(host: str, port: int) -> None:
+    """Runs the fake until Ctrl-C or SIGTERM (`pagewire fake-graph`); prints its URL once."""
+
+    async def main() -> None:
+        state = FakeGraphState()
+        sock = _bind(host, port)
+        server = _EmbeddedServer(_config(state))
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            state.stopping.set()
+            server.should_exit = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+        url = _url(host, sock.getsockname()[1])
+        print(f"fake Graph API listening on {url} (control API under {url}/_fake/)", flush=True)
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            sock.close()
+
+    asyncio.run(main())

@@ -1,0 +1,115 @@
+"""Subscriptions service settings, read once from the environment at start."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pagewire.kit.settings import (
+    PREFIX,
+    SettingsError,
+    database_url,
+    env_float,
+    env_int,
+    env_str,
+    grpc_target,
+)
+
+# Messenger's names are plural (messaging_referrals), Instagram's singular (messaging_referral).
+FACEBOOK_FIELDS = (
+    "messages",
+    "message_echoes",
+    "message_deliveries",
+    "message_reads",
+    "message_reactions",
+    "message_edits",
+    "messaging_postbacks",
+    "messaging_referrals",
+    "messaging_optins",
+    "messaging_handovers",
+    "standby",
+    "messaging_policy_enforcement",
+)
+INSTAGRAM_FIELDS = (
+    "messages",
+    "message_reactions",
+    "messaging_seen",
+    "messaging_postbacks",
+    "messaging_referral",
+    "messaging_optins",
+)
+
+FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_VERSION = re.compile(r"v[0-9]{1,3}\.[0-9]{1,2}")
+
+
+def _url(environ: Mapping[str, str], name: str, default: str) -> str:
+    value = env_str(environ, name, default).rstrip("/")
+    if not value.startswith(("https://", "http://")) or "?" in value or "#" in value:
+        raise SettingsError(f"{PREFIX}{name} must be an http(s) base URL without a query")
+    return value
+
+
+def _fields(environ: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = environ.get(PREFIX + name, "")
+    if not raw.strip():
+        return default
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for item in names:
+        if not FIELD_NAME.fullmatch(item):
+            raise SettingsError(
+                f"{PREFIX}{name}: {item[:64]!r} is not a webhook field name (a-z, 0-9, _)"
+            )
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class SubscriptionsSettings:
+    """Where the service listens and stores, and how it reaches Graph, tokens and router."""
+
+    database_url: str = field(repr=False)  # may carry a password
+    graph_url: str = "https://graph.facebook.com"
+    instagram_graph_url: str = "https://graph.instagram.com"
+    graph_version: str = "v25.0"
+    graph_timeout_s: float = 10.0
+    tokens_target: str = "127.0.0.1:50052"
+    router_target: str = "127.0.0.1:50051"
+    rpc_timeout_s: float = 2.0
+    route_parked_timeout_s: float = 15.0
+    facebook_fields: tuple[str, ...] = FACEBOOK_FIELDS
+    instagram_fields: tuple[str, ...] = INSTAGRAM_FIELDS
+    host: str = "127.0.0.1"
+    port: int = 50053
+    drain_s: float = 0.5
+    grace_s: float = 5.0
+    log_level: str = "INFO"
+
+    @property
+    def default_fields(self) -> dict[str, tuple[str, ...]]:
+        """Fields subscribed when ConnectPage names none, by platform name."""
+        return {"FACEBOOK": self.facebook_fields, "INSTAGRAM": self.instagram_fields}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> SubscriptionsSettings:
+        version = env_str(environ, "GRAPH_VERSION", "v25.0")
+        if not _VERSION.fullmatch(version):
+            raise SettingsError(f"{PREFIX}GRAPH_VERSION must look like v25.0, got {version!r}")
+        return cls(
+            database_url=database_url(environ, "subscriptions"),
+            graph_url=_url(environ, "GRAPH_URL", "https://graph.facebook.com"),
+            instagram_graph_url=_url(environ, "INSTAGRAM_GRAPH_URL", "https://graph.instagram.com"),
+            graph_version=version,
+            graph_timeout_s=env_float(environ, "GRAPH_TIMEOUT_S", 10.0, minimum=0.1),
+            tokens_target=grpc_target(environ, "tokens", 50052),
+            router_target=grpc_target(environ, "router", 50051),
+            rpc_timeout_s=env_float(environ, "RPC_TIMEOUT_S", 2.0, minimum=0.05),
+            route_parked_timeout_s=env_float(environ, "ROUTE_PARKED_TIMEOUT_S", 15.0, minimum=0.1),
+            facebook_fields=_fields(environ, "FACEBOOK_FIELDS", FACEBOOK_FIELDS),
+            instagram_fields=_fields(environ, "INSTAGRAM_FIELDS", INSTAGRAM_FIELDS),
+            host=env_str(environ, "GRPC_HOST", "127.0.0.1"),
+            port=env_int(environ, "SUBSCRIPTIONS_PORT", 50053, minimum=0, maximum=65535),
+            drain_s=env_float(environ, "SHUTDOWN_DRAIN_S", 0.5),
+            grace_s=env_float(environ, "SHUTDOWN_GRACE_S", 5.0),
+            log_level=env_str(environ, "LOG_LEVEL", "INFO").upper(),
+        )

@@ -1,0 +1,134 @@
+"""The subscriptions schema: one connection per page, owned by one account."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, String, Text, delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from pagewire.kit.db import upsert_insert
+
+SUBSCRIBED = "SUBSCRIBED"
+SUBSCRIBE_FAILED = "SUBSCRIBE_FAILED"
+REAUTH_REQUIRED = "REAUTH_REQUIRED"
+
+
+class Base(DeclarativeBase):
+    """Metadata of the subscriptions schema alone."""
+
+
+class PageConnection(Base):
+    """A connected page: whose it is, what is subscribed, and how the last attempt went."""
+
+    __tablename__ = "page_connections"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('SUBSCRIBED', 'SUBSCRIBE_FAILED', 'REAUTH_REQUIRED')",
+            name="page_connections_status_check",
+        ),
+        Index("page_connections_account_idx", "account_id", "platform", "page_id"),
+    )
+
+    platform: Mapped[str] = mapped_column(String(16), primary_key=True)
+    page_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    # Comma-joined: field names are [a-z0-9_], and the list is only ever read whole.
+    subscribed_fields: Mapped[str] = mapped_column(Text)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_error_code: Mapped[int] = mapped_column(Integer, default=0)
+    last_error_subcode: Mapped[int] = mapped_column(Integer, default=0)
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+    @property
+    def fields(self) -> list[str]:
+        return [name for name in self.subscribed_fields.split(",") if name]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a subscription attempt ended, as stored on the connection."""
+
+    status: str
+    last_error: str = ""
+    last_error_code: int = 0
+    last_error_subcode: int = 0
+
+
+async def get(session: AsyncSession, platform: str, page_id: str) -> PageConnection | None:
+    return await session.get(PageConnection, (platform, page_id))
+
+
+async def list_pages(session: AsyncSession, account_id: str = "") -> list[PageConnection]:
+    query = select(PageConnection).order_by(
+        PageConnection.account_id, PageConnection.platform, PageConnection.page_id
+    )
+    if account_id:
+        query = query.where(PageConnection.account_id == account_id)
+    return list((await session.execute(query)).scalars())
+
+
+async def save_connection(
+    session: AsyncSession,
+    *,
+    platform: str,
+    page_id: str,
+    account_id: str,
+    fields: Sequence[str],
+    outcome: Outcome,
+    allow_move: bool,
+    now: int,
+) -> str | None:
+    """Inserts or updates the connection; returns None when it belongs to another account.
+
+    The ownership check is part of the upsert (ON CONFLICT … WHERE), so two
+    concurrent connects for different accounts cannot both win.
+    """
+    insert = upsert_insert(session.get_bind().dialect.name)
+    changes = {
+        "account_id": account_id,
+        "status": outcome.status,
+        "subscribed_fields": ",".join(fields),
+        "last_error": outcome.last_error,
+        "last_error_code": outcome.last_error_code,
+        "last_error_subcode": outcome.last_error_subcode,
+        "updated_at_ms": now,
+    }
+    stmt = insert(PageConnection).values(
+        platform=platform, page_id=page_id, created_at_ms=now, **changes
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["platform", "page_id"],
+        set_=changes,
+        where=None if allow_move else PageConnection.account_id == account_id,
+    ).returning(PageConnection.account_id)
+    row = (await session.execute(stmt)).first()
+    return None if row is None else row[0]
+
+
+async def set_outcome(
+    session: AsyncSession, platform: str, page_id: str, outcome: Outcome, now: int
+) -> PageConnection | None:
+    """Records a resubscription's result on an existing connection."""
+    connection = await session.get(PageConnection, (platform, page_id), with_for_update=True)
+    if connection is None:
+        return None
+    connection.status = outcome.status
+    connection.last_error = outcome.last_error
+    connection.last_error_code = outcome.last_error_code
+    connection.last_error_subcode = outcome.last_error_subcode
+    connection.updated_at_ms = now
+    return connection
+
+
+async def delete_connection(session: AsyncSession, platform: str, page_id: str) -> bool:
+    result = await session.execute(
+        delete(PageConnection).where(
+            PageConnection.platform == platform, PageConnection.page_id == page_id
+        )
+    )
+    return bool(result.rowcount)

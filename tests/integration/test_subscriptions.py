@@ -1,0 +1,752 @@
+"""The subscriptions service against a real tokens server, the fake Graph API and a fake router."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pagewire import fakegraph
+from pagewire.kit import migrate
+from pagewire.kit.channels import open_channel
+from pagewire.kit.db import create_engine, sessions
+from pagewire.kit.grpcserver import GrpcService, start_server
+from pagewire.kit.settings import Secret, SettingsError
+from pagewire.proto import (
+    events_pb2,
+    router_pb2,
+    router_pb2_grpc,
+    subscriptions_pb2,
+    subscriptions_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
+)
+from services.subscriptions import server as sub_server
+from services.subscriptions import store as sub_store
+from services.subscriptions.clients import RouterClient, TokensClient
+from services.subscriptions.config import (
+    FACEBOOK_FIELDS,
+    INSTAGRAM_FIELDS,
+    SubscriptionsSettings,
+)
+from services.subscriptions.connections import Connections
+from services.subscriptions.graph import GraphClient, GraphError
+from services.subscriptions.store import PageConnection
+from services.tokens import server as tok_server
+from services.tokens.vault import Cipher, KeyRing, TokenVault, generate_keyring
+from tests.support.waiting import free_port
+
+FB = events_pb2.FACEBOOK
+IG = events_pb2.INSTAGRAM
+PAGE = "109384756201938"
+OTHER_PAGE = "117465829304716"
+IG_ACCOUNT = "17841405822304914"
+TOKEN = "EAAGpageTOKENsecretVALUE0123456789abcdefXYZ"
+NEW_TOKEN = "EAAGnewPAGEtokenVALUE9876543210zyxwvuABCDE"
+OTHER_TOKEN = "EAAGotherPAGEtokenVALUEqwertyuiopasdfghjkl"
+ROUTER_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+
+
+class FakeRouter(router_pb2_grpc.RouterServiceServicer):
+    """Records RouteParked calls; can be told to fail."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, str]] = []
+        self.routed = 3
+        self.fail = False
+
+    async def RouteParked(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.append((request.platform, request.page_id))
+        if self.fail:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "redis down")
+        return router_pb2.RouteParkedResponse(routed=self.routed)
+
+
+@dataclass
+class Stack:
+    subs: subscriptions_pb2_grpc.SubscriptionsServiceStub
+    tokens: tokens_pb2_grpc.TokensServiceStub
+    graph: fakegraph.FakeGraph
+    router: FakeRouter
+    engine: AsyncEngine
+    ig_graph: fakegraph.FakeGraph | None = None
+    extras: dict[str, object] = field(default_factory=dict)
+
+
+async def _grpc(stack: AsyncExitStack, service: GrpcService) -> grpc.aio.Channel:
+    stack.push_async_callback(service.stop, 0)
+    channel = open_channel(f"127.0.0.1:{service.port}")
+    stack.push_async_callback(channel.close)
+    return channel
+
+
+@asynccontextmanager
+async def build_stack(
+    database_url: str,
+    *,
+    tokens_down: bool = False,
+    graph_url: str | None = None,
+    separate_instagram: bool = False,
+    graph_timeout_s: float = 5.0,
+) -> AsyncIterator[Stack]:
+    """Tokens (real), router (fake), Graph (fake) and subscriptions, all on free ports."""
+    async with AsyncExitStack() as stack:
+        graph = await fakegraph.start()
+        stack.push_async_callback(graph.stop)
+        ig_graph = None
+        if separate_instagram:
+            ig_graph = await fakegraph.start()
+            stack.push_async_callback(ig_graph.stop)
+
+        tokens_engine = create_engine(database_url, "tokens")
+        stack.push_async_callback(tokens_engine.dispose)
+        vault = TokenVault(sessions(tokens_engine), Cipher(KeyRing.from_json(generate_keyring())))
+        tokens_service = await start_server(
+            names=[tok_server.SERVICE_NAME],
+            register=tok_server.register(tok_server.TokensServiceServicer(vault)),
+            port=0,
+        )
+        tokens_channel = await _grpc(stack, tokens_service)
+        if tokens_down:
+            tokens_target_channel = open_channel(f"127.0.0.1:{free_port()}")
+            stack.push_async_callback(tokens_target_channel.close)
+        else:
+            tokens_target_channel = tokens_channel
+
+        router = FakeRouter()
+
+        def add_router(server: grpc.aio.Server) -> None:
+            router_pb2_grpc.add_RouterServiceServicer_to_server(router, server)
+
+        router_channel = await _grpc(
+            stack, await start_server(names=[ROUTER_NAME], register=add_router, port=0)
+        )
+
+        http = GraphClient(
+            graph_url=graph_url or graph.url,
+            instagram_graph_url=ig_graph.url if ig_graph else graph_url or graph.url,
+            version="v25.0",
+            timeout_s=graph_timeout_s,
+        )
+        stack.push_async_callback(http.aclose)
+        engine = create_engine(database_url, "subscriptions")
+        stack.push_async_callback(engine.dispose)
+        settings = SubscriptionsSettings(database_url=database_url)
+        connections = Connections(
+            sessions(engine),
+            vault=TokensClient(tokens_target_channel, 2.0),
+            graph=http,
+            router=RouterClient(router_channel, 2.0),
+            default_fields=settings.default_fields,
+        )
+        subs_service = await start_server(
+            names=[sub_server.SERVICE_NAME],
+            register=sub_server.register(sub_server.SubscriptionsServiceServicer(connections)),
+            port=0,
+        )
+        subs_channel = await _grpc(stack, subs_service)
+        yield Stack(
+            subs=subscriptions_pb2_grpc.SubscriptionsServiceStub(subs_channel),
+            tokens=tokens_pb2_grpc.TokensServiceStub(tokens_channel),
+            graph=graph,
+            router=router,
+            engine=engine,
+            ig_graph=ig_graph,
+        )
+
+
+@pytest.fixture
+async def env(database_url: str) -> AsyncIterator[Stack]:
+    async with build_stack(database_url) as stack:
+        yield stack
+
+
+def connect_request(
+    page_id: str = PAGE,
+    account: str = "acme",
+    token: str = TOKEN,
+    platform: int = FB,
+    **kwargs: object,
+) -> subscriptions_pb2.ConnectPageRequest:
+    return subscriptions_pb2.ConnectPageRequest(
+        platform=platform, page_id=page_id, account_id=account, page_token=token, **kwargs
+    )
+
+
+def token_ref(page_id: str = PAGE, platform: int = FB) -> tokens_pb2.PageRef:
+    return tokens_pb2.PageRef(platform=platform, page_id=page_id)
+
+
+async def rpc_error(call) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def connection_rows(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return (await conn.execute(select(func.count()).select_from(PageConnection))).scalar_one()
+
+
+async def get_page(env: Stack, page_id: str = PAGE, platform: int = FB) -> subscriptions_pb2.Page:
+    response = await env.subs.GetPage(
+        subscriptions_pb2.GetPageRequest(platform=platform, page_id=page_id)
+    )
+    return response.page
+
+
+# --- connect ---------------------------------------------------------------------------------
+
+
+async def test_connect_subscribes_with_bearer_header_and_routes_parked(env: Stack) -> None:
+    response = await env.subs.ConnectPage(connect_request())
+
+    posts = env.graph.state.requests_to("POST", "subscribed_apps")
+    assert len(posts) == 1
+    post = posts[0]
+    assert post["path"] == f"/v25.0/{PAGE}/subscribed_apps"
+    assert post["has_authorization"] and post["bearer_token"] == TOKEN
+    assert post["form"] == {"subscribed_fields": ",".join(FACEBOOK_FIELDS)}
+    assert post["query"] == {} and post["raw_query"] == ""
+    assert TOKEN not in post["path"] and TOKEN not in json.dumps(post["form"])
+
+    page = response.page
+    assert page.status == subscriptions_pb2.SUBSCRIBED
+    assert (page.platform, page.page_id, page.account_id) == (FB, PAGE, "acme")
+    assert list(page.subscribed_fields) == list(FACEBOOK_FIELDS)
+    assert (page.last_error, page.last_error_code, page.last_error_subcode) == ("", 0, 0)
+    assert response.parked_routed == 3
+    assert env.router.calls == [(FB, PAGE)]
+
+    decrypted = await env.tokens.DecryptToken(tokens_pb2.DecryptTokenRequest(page=token_ref()))
+    assert decrypted.token == TOKEN
+    assert await get_page(env) == page
+    assert TOKEN not in str(page)
+
+
+async def test_graph_shows_the_subscription(env: Stack) -> None:
+    await env.subs.ConnectPage(connect_request(subscribed_fields=["messages", "message_echoes"]))
+    assert env.graph.state.pages[PAGE]["subscribed_fields"] == ["messages", "message_echoes"]
+    page = await get_page(env)
+    assert list(page.subscribed_fields) == ["messages", "message_echoes"]
+
+
+async def test_instagram_uses_the_instagram_host_and_fields(database_url: str) -> None:
+    async with build_stack(database_url, separate_instagram=True) as env:
+        assert env.ig_graph is not None
+        response = await env.subs.ConnectPage(connect_request(IG_ACCOUNT, platform=IG))
+        assert response.page.status == subscriptions_pb2.SUBSCRIBED
+        assert env.graph.state.requests == []
+        (post,) = env.ig_graph.state.requests_to("POST")
+        assert post["path"] == f"/v25.0/{IG_ACCOUNT}/subscribed_apps"
+        assert post["bearer_token"] == TOKEN
+        assert post["form"] == {"subscribed_fields": ",".join(INSTAGRAM_FIELDS)}
+        assert env.router.calls == [(IG, IG_ACCOUNT)]
+
+
+async def test_connecting_again_is_idempotent_and_replaces_the_token(env: Stack) -> None:
+    first = (await env.subs.ConnectPage(connect_request())).page
+    second = (await env.subs.ConnectPage(connect_request(token=NEW_TOKEN))).page
+    assert await connection_rows(env.engine) == 1
+    assert second.created_at_ms == first.created_at_ms
+    assert second.status == subscriptions_pb2.SUBSCRIBED
+    decrypted = await env.tokens.DecryptToken(tokens_pb2.DecryptTokenRequest(page=token_ref()))
+    assert decrypted.token == NEW_TOKEN
+    posts = env.graph.state.requests_to("POST")
+    assert [post["bearer_token"] for post in posts] == [TOKEN, NEW_TOKEN]
+    assert env.router.calls == [(FB, PAGE), (FB, PAGE)]
+
+
+async def test_graph_error_is_subscribe_failed_and_resubscribe_repairs_it(env: Stack) -> None:
+    env.graph.state.fail(method="POST", path_contains="subscribed_apps", preset="10_2018278")
+    page = (await env.subs.ConnectPage(connect_request())).page
+    assert page.status == subscriptions_pb2.SUBSCRIBE_FAILED
+    assert (page.last_error_code, page.last_error_subcode) == (10, 2018278)
+    assert "outside of allowed window" in page.last_error
+    assert env.router.calls == [(FB, PAGE)]  # the page is connected, so parked events route
+    token_status = await env.tokens.GetTokenStatus(
+        tokens_pb2.GetTokenStatusRequest(page=token_ref())
+    )
+    assert token_status.status == tokens_pb2.ACTIVE
+
+    repaired = (
+        await env.subs.Resubscribe(subscriptions_pb2.ResubscribeRequest(platform=FB, page_id=PAGE))
+    ).page
+    assert repaired.status == subscriptions_pb2.SUBSCRIBED
+    assert (repaired.last_error, repaired.last_error_code, repaired.last_error_subcode) == (
+        "",
+        0,
+        0,
+    )
+    posts = env.graph.state.requests_to("POST")
+    assert len(posts) == 2 and posts[1]["bearer_token"] == TOKEN
+    assert posts[1]["form"] == posts[0]["form"]
+    assert PAGE in env.graph.state.pages
+
+
+async def test_success_as_a_boolean_is_success(env: Stack) -> None:
+    # Instagram Login answers a boolean where Messenger answers the string "true".
+    env.graph.state.fail(method="POST", body={"success": True})
+    page = (await env.subs.ConnectPage(connect_request())).page
+    assert page.status == subscriptions_pb2.SUBSCRIBED
+
+
+@pytest.mark.parametrize("body", [{"success": False}, {"success": "false"}, {}, ["ok"]])
+async def test_unconfirmed_success_is_subscribe_failed(env: Stack, body: object) -> None:
+    env.graph.state.fail(method="POST", body=body)
+    page = (await env.subs.ConnectPage(connect_request())).page
+    assert page.status == subscriptions_pb2.SUBSCRIBE_FAILED
+    assert page.last_error_code == 0 and "success" in page.last_error
+
+
+async def test_graph_client_lists_subscribed_apps(env: Stack) -> None:
+    client = GraphClient(
+        graph_url=env.graph.url, instagram_graph_url=env.graph.url, version="v25.0", timeout_s=5
+    )
+    try:
+        assert await client.subscribed_apps("FACEBOOK", PAGE, Secret(TOKEN)) == []
+        await client.subscribe("FACEBOOK", PAGE, Secret(TOKEN), ["messages"])
+        (app,) = await client.subscribed_apps("FACEBOOK", PAGE, Secret(TOKEN))
+        assert app["id"] == fakegraph.FAKE_APP_ID and app["subscribed_fields"] == ["messages"]
+        env.graph.state.fail(method="GET", preset="190_463")
+        with pytest.raises(GraphError) as caught:
+            await client.subscribed_apps("FACEBOOK", PAGE, Secret(TOKEN))
+        error = caught.value
+        assert (error.http_status, error.code, error.subcode) == (400, 190, 463)
+        assert error.type == "OAuthException" and error.fbtrace_id == "B1yQm7dLsW0aXcE4tRn2kPo"
+        assert error.token_invalid and not error.transient and not error.unavailable
+        assert TOKEN not in repr(error) and TOKEN not in str(error)
+    finally:
+        await client.aclose()
+
+
+async def test_server_error_without_graph_body(env: Stack) -> None:
+    env.graph.state.fail(preset="500")
+    page = (await env.subs.ConnectPage(connect_request())).page
+    assert page.status == subscriptions_pb2.SUBSCRIBE_FAILED
+    assert page.last_error_code == 0
+    assert "500" in page.last_error
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "code", "subcode"),
+    [
+        ({"preset": "190_460"}, subscriptions_pb2.REAUTH_REQUIRED, 190, 460),
+        ({"preset": "190_463"}, subscriptions_pb2.REAUTH_REQUIRED, 190, 463),
+        (
+            {"error": {"message": "API session", "type": "OAuthException", "code": 102}},
+            subscriptions_pb2.REAUTH_REQUIRED,
+            102,
+            0,
+        ),
+        (
+            {"error": {"message": "API session", "code": 102, "error_subcode": 33}},
+            subscriptions_pb2.SUBSCRIBE_FAILED,
+            102,
+            33,
+        ),
+        ({"preset": "613"}, subscriptions_pb2.SUBSCRIBE_FAILED, 613, 0),
+    ],
+)
+async def test_token_errors_need_reauthorization(
+    env: Stack, failure: dict[str, object], status: int, code: int, subcode: int
+) -> None:
+    env.graph.state.fail(method="POST", **failure)
+    page = (await env.subs.ConnectPage(connect_request())).page
+    assert page.status == status
+    assert (page.last_error_code, page.last_error_subcode) == (code, subcode)
+    token_status = await env.tokens.GetTokenStatus(
+        tokens_pb2.GetTokenStatusRequest(page=token_ref())
+    )
+    if status == subscriptions_pb2.REAUTH_REQUIRED:
+        assert token_status.status == tokens_pb2.REAUTH_REQUIRED
+        assert (token_status.graph_code, token_status.graph_subcode) == (code, subcode)
+        assert token_status.reason
+    else:
+        assert token_status.status == tokens_pb2.ACTIVE
+
+
+async def test_reconnecting_after_reauth_makes_everything_active(env: Stack) -> None:
+    env.graph.state.fail(preset="190_460")
+    await env.subs.ConnectPage(connect_request())
+    page = (await env.subs.ConnectPage(connect_request(token=NEW_TOKEN))).page
+    assert page.status == subscriptions_pb2.SUBSCRIBED
+    token_status = await env.tokens.GetTokenStatus(
+        tokens_pb2.GetTokenStatusRequest(page=token_ref())
+    )
+    assert token_status.status == tokens_pb2.ACTIVE
+
+
+async def test_resubscribe_that_succeeds_clears_the_vault_flag(env: Stack) -> None:
+    env.graph.state.fail(preset="190_460")
+    await env.subs.ConnectPage(connect_request())
+    page = (
+        await env.subs.Resubscribe(subscriptions_pb2.ResubscribeRequest(platform=FB, page_id=PAGE))
+    ).page
+    assert page.status == subscriptions_pb2.SUBSCRIBED
+    token_status = await env.tokens.GetTokenStatus(
+        tokens_pb2.GetTokenStatusRequest(page=token_ref())
+    )
+    assert token_status.status == tokens_pb2.ACTIVE
+
+
+# --- accounts --------------------------------------------------------------------------------
+
+
+async def test_other_account_without_move_changes_nothing(env: Stack) -> None:
+    before = (await env.subs.ConnectPage(connect_request(account="acme"))).page
+    error = await rpc_error(
+        env.subs.ConnectPage(connect_request(account="globex", token=NEW_TOKEN))
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "acme" in error.details() and "globex" in error.details()
+    assert NEW_TOKEN not in error.details()
+
+    assert await get_page(env) == before
+    decrypted = await env.tokens.DecryptToken(tokens_pb2.DecryptTokenRequest(page=token_ref()))
+    assert decrypted.token == TOKEN
+    assert len(env.graph.state.requests_to("POST")) == 1
+    assert env.router.calls == [(FB, PAGE)]
+
+
+async def test_move_to_other_account(env: Stack) -> None:
+    await env.subs.ConnectPage(connect_request(account="acme"))
+    moved = (
+        await env.subs.ConnectPage(connect_request(account="globex", token=NEW_TOKEN, move=True))
+    ).page
+    assert moved.account_id == "globex"
+    assert moved.status == subscriptions_pb2.SUBSCRIBED
+    listed = await env.subs.ListPages(subscriptions_pb2.ListPagesRequest(account_id="acme"))
+    assert list(listed.pages) == []
+    decrypted = await env.tokens.DecryptToken(tokens_pb2.DecryptTokenRequest(page=token_ref()))
+    assert decrypted.token == NEW_TOKEN
+
+
+async def test_list_pages_by_account_in_order(env: Stack) -> None:
+    await env.subs.ConnectPage(connect_request(OTHER_PAGE, account="globex", token=OTHER_TOKEN))
+    await env.subs.ConnectPage(connect_request(PAGE, account="acme"))
+    await env.subs.ConnectPage(connect_request(IG_ACCOUNT, account="acme", platform=IG))
+    await env.subs.ConnectPage(connect_request(OTHER_PAGE, account="globex", platform=IG))
+    everything = await env.subs.ListPages(subscriptions_pb2.ListPagesRequest())
+    assert [(p.account_id, p.platform, p.page_id) for p in everything.pages] == [
+        ("acme", FB, PAGE),
+        ("acme", IG, IG_ACCOUNT),
+        ("globex", FB, OTHER_PAGE),
+        ("globex", IG, OTHER_PAGE),
+    ]
+    acme = await env.subs.ListPages(subscriptions_pb2.ListPagesRequest(account_id="acme"))
+    assert [p.page_id for p in acme.pages] == [PAGE, IG_ACCOUNT]
+    error = await rpc_error(env.subs.ListPages(subscriptions_pb2.ListPagesRequest(account_id="-")))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("account_id:")
+
+
+# --- disconnect ------------------------------------------------------------------------------
+
+
+async def test_disconnect_unsubscribes_once_with_that_pages_token(env: Stack) -> None:
+    await env.subs.ConnectPage(connect_request(PAGE, token=TOKEN))
+    await env.subs.ConnectPage(connect_request(OTHER_PAGE, token=OTHER_TOKEN))
+    response = await env.subs.DisconnectPage(
+        subscriptions_pb2.DisconnectPageRequest(platform=FB, page_id=PAGE)
+    )
+    assert response.unsubscribed and response.graph_error == ""
+
+    deletes = env.graph.state.requests_to("DELETE")
+    assert len(deletes) == 1
+    assert deletes[0]["path"] == f"/v25.0/{PAGE}/subscribed_apps"
+    assert deletes[0]["bearer_token"] == TOKEN
+    assert deletes[0]["query"] == {}
+    assert PAGE not in env.graph.state.pages and OTHER_PAGE in env.graph.state.pages
+
+    error = await rpc_error(
+        env.tokens.DecryptToken(tokens_pb2.DecryptTokenRequest(page=token_ref()))
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    error = await rpc_error(
+        env.subs.GetPage(subscriptions_pb2.GetPageRequest(platform=FB, page_id=PAGE))
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    # The other page is untouched.
+    other = await env.tokens.DecryptToken(
+        tokens_pb2.DecryptTokenRequest(page=token_ref(OTHER_PAGE))
+    )
+    assert other.token == OTHER_TOKEN
+    assert (await get_page(env, OTHER_PAGE)).status == subscriptions_pb2.SUBSCRIBED
+
+
+async def test_disconnect_when_graph_fails_still_disconnects(env: Stack) -> None:
+    await env.subs.ConnectPage(connect_request())
+    env.graph.state.fail(method="DELETE", preset="2")
+    response = await env.subs.DisconnectPage(
+        subscriptions_pb2.DisconnectPageRequest(platform=FB, page_id=PAGE)
+    )
+    assert not response.unsubscribed
+    assert "unexpected error" in response.graph_error
+    assert await connection_rows(env.engine) == 0
+    error = await rpc_error(
+        env.tokens.DecryptToken(tokens_pb2.DecryptTokenRequest(page=token_ref()))
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_disconnect_without_a_token_still_disconnects(env: Stack) -> None:
+    await env.subs.ConnectPage(connect_request())
+    await env.tokens.DeleteToken(tokens_pb2.DeleteTokenRequest(page=token_ref()))
+    response = await env.subs.DisconnectPage(
+        subscriptions_pb2.DisconnectPageRequest(platform=FB, page_id=PAGE)
+    )
+    assert not response.unsubscribed and "no token" in response.graph_error
+    assert env.graph.state.requests_to("DELETE") == []
+    assert await connection_rows(env.engine) == 0
+
+
+async def test_unknown_page_is_not_found(env: Stack) -> None:
+    for call in (
+        env.subs.GetPage(subscriptions_pb2.GetPageRequest(platform=FB, page_id=PAGE)),
+        env.subs.DisconnectPage(subscriptions_pb2.DisconnectPageRequest(platform=FB, page_id=PAGE)),
+        env.subs.Resubscribe(subscriptions_pb2.ResubscribeRequest(platform=FB, page_id=PAGE)),
+    ):
+        error = await rpc_error(call)
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert PAGE in error.details()
+    assert env.graph.state.requests == []
+
+
+# --- validation ------------------------------------------------------------------------------
+
+BAD_CONNECTS = [
+    (connect_request(platform=0), "platform"),
+    (connect_request(platform=9), "platform"),
+    (connect_request(page_id=""), "page_id"),
+    (connect_request(page_id="12a"), "page_id"),
+    (connect_request(page_id="../me"), "page_id"),
+    (connect_request(account=""), "account_id"),
+    (connect_request(account="acme corp"), "account_id"),
+    (connect_request(account="_acme"), "account_id"),
+    (connect_request(account="a" * 65), "account_id"),
+    (connect_request(token=""), "page_token"),
+    (connect_request(token=TOKEN + " " + TOKEN), "page_token"),
+    (connect_request(token="x" * 4097), "page_token"),
+    (connect_request(subscribed_fields=["messages", "Messages!"]), "subscribed_fields[1]"),
+    (connect_request(subscribed_fields=["messages&access_token=x"]), "subscribed_fields[0]"),
+]
+
+
+@pytest.mark.parametrize(("request_", "field"), BAD_CONNECTS)
+async def test_bad_connect_is_invalid_argument_and_changes_nothing(
+    env: Stack, request_: subscriptions_pb2.ConnectPageRequest, field: str
+) -> None:
+    error = await rpc_error(env.subs.ConnectPage(request_))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith(f"{field}:")
+    assert TOKEN not in error.details()
+    assert await connection_rows(env.engine) == 0
+    assert env.graph.state.requests == []
+    assert env.router.calls == []
+    token_error = await rpc_error(
+        env.tokens.GetTokenStatus(tokens_pb2.GetTokenStatusRequest(page=token_ref()))
+    )
+    assert token_error.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("platform", "page_id", "field"), [(0, PAGE, "platform"), (FB, "", "page_id")]
+)
+async def test_bad_page_on_other_rpcs(env: Stack, platform: int, page_id: str, field: str) -> None:
+    for call in (
+        env.subs.GetPage(subscriptions_pb2.GetPageRequest(platform=platform, page_id=page_id)),
+        env.subs.DisconnectPage(
+            subscriptions_pb2.DisconnectPageRequest(platform=platform, page_id=page_id)
+        ),
+        env.subs.Resubscribe(
+            subscriptions_pb2.ResubscribeRequest(platform=platform, page_id=page_id)
+        ),
+    ):
+        error = await rpc_error(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith(f"{field}:")
+
+
+# --- dependencies down -----------------------------------------------------------------------
+
+
+async def test_tokens_down_is_unavailable_and_stores_nothing(database_url: str) -> None:
+    async with build_stack(database_url, tokens_down=True) as env:
+        error = await rpc_error(env.subs.ConnectPage(connect_request()))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "tokens" in error.details()
+        assert TOKEN not in error.details()
+        assert await connection_rows(env.engine) == 0
+        assert env.graph.state.requests == []
+        assert env.router.calls == []
+
+
+async def test_graph_unreachable_is_unavailable_and_leaves_subscribe_failed(
+    database_url: str,
+) -> None:
+    async with build_stack(database_url, graph_url=f"http://127.0.0.1:{free_port()}") as env:
+        error = await rpc_error(env.subs.ConnectPage(connect_request()))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "Graph" in error.details() and TOKEN not in error.details()
+        page = await get_page(env)
+        assert page.status == subscriptions_pb2.SUBSCRIBE_FAILED
+        assert "unreachable" in page.last_error
+        assert env.router.calls == [(FB, PAGE)]
+
+
+async def test_graph_timeout_is_unavailable(database_url: str) -> None:
+    async with build_stack(database_url, graph_timeout_s=0.3) as env:
+        env.graph.state.fail(method="POST", delay_s=30)  # longer than the client waits
+        error = await rpc_error(env.subs.ConnectPage(connect_request()))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "timed out" in error.details()
+        assert (await get_page(env)).status == subscriptions_pb2.SUBSCRIBE_FAILED
+
+
+async def test_router_failure_still_connects_and_reconnect_retries(
+    env: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    env.router.fail = True
+    response = await env.subs.ConnectPage(connect_request())
+    assert response.page.status == subscriptions_pb2.SUBSCRIBED
+    assert response.parked_routed == 0
+    assert any("parked" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+    env.router.fail = False
+    again = await env.subs.ConnectPage(connect_request())
+    assert again.parked_routed == 3
+    assert env.router.calls == [(FB, PAGE), (FB, PAGE)]
+
+
+# --- secrecy ---------------------------------------------------------------------------------
+
+
+async def test_token_never_in_logs_urls_or_error_details(
+    env: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    details = []
+    await env.subs.ConnectPage(connect_request())
+    env.graph.state.fail(preset="190_460")
+    await env.subs.ConnectPage(connect_request())
+    env.graph.state.fail(preset="500")
+    await env.subs.Resubscribe(subscriptions_pb2.ResubscribeRequest(platform=FB, page_id=PAGE))
+    details.append(
+        (
+            await rpc_error(env.subs.ConnectPage(connect_request(account="globex", move=False)))
+        ).details()
+    )
+    details.append(
+        (await rpc_error(env.subs.ConnectPage(connect_request(token=TOKEN + " x")))).details()
+    )
+    env.graph.state.fail(method="DELETE", preset="100")
+    disconnected = await env.subs.DisconnectPage(
+        subscriptions_pb2.DisconnectPageRequest(platform=FB, page_id=PAGE)
+    )
+    details.append(disconnected.graph_error)
+
+    assert all(TOKEN not in text for text in details)
+    assert TOKEN not in caplog.text
+    for record in caplog.records:
+        assert TOKEN not in repr(vars(record))
+    for request in env.graph.state.requests:
+        assert TOKEN not in request["path"] and TOKEN not in request["raw_query"]
+        assert "access_token" not in (request["form"] or {})
+
+
+# --- settings and the embedded default -------------------------------------------------------
+
+
+def test_settings_defaults() -> None:
+    settings = SubscriptionsSettings.from_env({})
+    assert settings.graph_url == "https://graph.facebook.com"
+    assert settings.instagram_graph_url == "https://graph.instagram.com"
+    assert settings.graph_version == "v25.0"
+    assert settings.graph_timeout_s == 10
+    assert (settings.tokens_target, settings.router_target) == (
+        "127.0.0.1:50052",
+        "127.0.0.1:50051",
+    )
+    assert (settings.host, settings.port) == ("127.0.0.1", 50053)
+    assert settings.default_fields == {"FACEBOOK": FACEBOOK_FIELDS, "INSTAGRAM": INSTAGRAM_FIELDS}
+    assert settings.database_url.endswith("subscriptions.db")
+
+
+def test_settings_overrides() -> None:
+    settings = SubscriptionsSettings.from_env(
+        {
+            "PAGEWIRE_GRAPH_URL": "http://127.0.0.1:9000/",
+            "PAGEWIRE_INSTAGRAM_GRAPH_URL": "http://127.0.0.1:9001",
+            "PAGEWIRE_GRAPH_VERSION": "v24.0",
+            "PAGEWIRE_FACEBOOK_FIELDS": "messages, standby,messages",
+            "PAGEWIRE_INSTAGRAM_FIELDS": "messages",
+            "PAGEWIRE_TOKENS_ADDR": "dns:///tokens:50052",
+            "PAGEWIRE_SUBSCRIPTIONS_PORT": "6000",
+            "PAGEWIRE_DATABASE_URL": "postgresql://u:pw@db/pagewire",
+        }
+    )
+    assert settings.graph_url == "http://127.0.0.1:9000"
+    assert settings.graph_version == "v24.0"
+    assert settings.facebook_fields == ("messages", "standby")
+    assert settings.instagram_fields == ("messages",)
+    assert settings.tokens_target == "dns:///tokens:50052"
+    assert settings.port == 6000
+    assert "pw" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PAGEWIRE_GRAPH_VERSION", "25"),
+        ("PAGEWIRE_GRAPH_URL", "graph.facebook.com"),
+        ("PAGEWIRE_FACEBOOK_FIELDS", "messages,Bad Field"),
+        ("PAGEWIRE_GRAPH_TIMEOUT_S", "soon"),
+    ],
+)
+def test_bad_settings_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        SubscriptionsSettings.from_env({variable: value})
+
+
+async def test_store_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite+aiosqlite:///{tmp_path / 'subscriptions.db'}"
+    migrate.upgrade("subscriptions", url)
+    engine = create_engine(url, "subscriptions")
+    try:
+        make = sessions(engine)
+        ok = sub_store.Outcome(sub_store.SUBSCRIBED)
+        common = {"platform": "FACEBOOK", "page_id": PAGE, "fields": ["messages"], "outcome": ok}
+        async with make() as session, session.begin():
+            owner = await sub_store.save_connection(
+                session, account_id="acme", allow_move=False, now=1, **common
+            )
+            assert owner == "acme"
+        async with make() as session, session.begin():
+            owner = await sub_store.save_connection(
+                session, account_id="globex", allow_move=False, now=2, **common
+            )
+            assert owner is None
+        async with make() as session, session.begin():
+            owner = await sub_store.save_connection(
+                session, account_id="globex", allow_move=True, now=3, **common
+            )
+            assert owner == "globex"
+        async with make() as session:
+            page = await sub_store.get(session, "FACEBOOK", PAGE)
+            assert page is not None
+            assert (page.account_id, page.created_at_ms, page.updated_at_ms) == ("globex", 1, 3)
+    finally:
+        await engine.dispose()
+
+
+def test_secret_wrapping_of_tokens() -> None:
+    # The domain passes tokens around as Secret; a stray log of one shows stars.
+    assert TOKEN not in repr(Secret(TOKEN))
