@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from pagewire.kit.errors import Unavailable
 
 # Errors that mean "the database cannot be reached", as opposed to a bug or bad data.
-DB_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+DB_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout, OSError)
 
 
 def is_postgres(url: str) -> bool:

@@ -13,11 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pagewire.kit.db import unavailable
+from pagewire.kit.db import DB_UNAVAILABLE, unavailable
 from pagewire.kit.errors import (
     DataLoss,
     FailedPrecondition,
@@ -32,8 +30,6 @@ from services.subscriptions.graph import GraphError
 from services.subscriptions.store import Outcome, PageConnection
 
 log = logging.getLogger("pagewire.subscriptions")
-
-_DB_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)
 
 
 class Vault(Protocol):
@@ -156,7 +152,7 @@ class Connections:
                     )
                 page = await store.get(session, platform, page_id)
                 assert page is not None  # just written in this transaction
-        except _DB_DOWN as exc:
+        except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
         if existing is not None and existing.account_id != account_id:
             log.info(
@@ -208,7 +204,7 @@ class Connections:
                 updated = await store.set_outcome(
                     session, platform, page_id, _outcome(error), now_ms()
                 )
-        except _DB_DOWN as exc:
+        except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
         if updated is None:
             raise NotFound(f"{platform} page {page_id} was disconnected meanwhile")
@@ -239,7 +235,7 @@ class Connections:
         try:
             async with self._sessions() as session, session.begin():
                 await store.delete_connection(session, platform, page_id)
-        except _DB_DOWN as exc:
+        except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
         log.info(
             "page disconnected",
@@ -257,14 +253,14 @@ class Connections:
         try:
             async with self._sessions() as session:
                 return await store.list_pages(session, account_id)
-        except _DB_DOWN as exc:
+        except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
 
     async def _get(self, platform: str, page_id: str) -> PageConnection | None:
         try:
             async with self._sessions() as session:
                 return await store.get(session, platform, page_id)
-        except _DB_DOWN as exc:
+        except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
 
     async def _subscribe(

@@ -9,6 +9,7 @@ import grpc
 
 from pagewire.kit.errors import InvalidArgument
 from pagewire.kit.settings import Secret
+from pagewire.kit.validate import page_token, platform_and_page
 from pagewire.proto import events_pb2, subscriptions_pb2, subscriptions_pb2_grpc
 from services.subscriptions.config import FIELD_NAME
 from services.subscriptions.connections import Connections
@@ -16,12 +17,8 @@ from services.subscriptions.store import PageConnection
 
 SERVICE_NAME = subscriptions_pb2.DESCRIPTOR.services_by_name["SubscriptionsService"].full_name
 
-_PAGE_ID = re.compile(r"[0-9]{1,32}")
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_WHITESPACE = re.compile(r"\s")
-MAX_TOKEN_CHARS = 4096  # the vault's limit; checked here so a bad token changes nothing
 MAX_FIELDS = 64
-_KNOWN_PLATFORMS = {events_pb2.FACEBOOK, events_pb2.INSTAGRAM}
 _STATUS = {
     "SUBSCRIBED": subscriptions_pb2.SUBSCRIBED,
     "SUBSCRIBE_FAILED": subscriptions_pb2.SUBSCRIBE_FAILED,
@@ -31,15 +28,7 @@ _STATUS = {
 
 def page_of(platform: int, page_id: str) -> tuple[str, str]:
     """(platform name, page id) of a request, or InvalidArgument naming the field."""
-    if platform == events_pb2.PLATFORM_UNSPECIFIED:
-        raise InvalidArgument("platform", "must be FACEBOOK or INSTAGRAM")
-    if platform not in _KNOWN_PLATFORMS:
-        raise InvalidArgument("platform", f"unknown platform {platform}")
-    if not page_id:
-        raise InvalidArgument("page_id", "is required")
-    if not _PAGE_ID.fullmatch(page_id):
-        raise InvalidArgument("page_id", "must be 1 to 32 digits")
-    return events_pb2.Platform.Name(platform), page_id
+    return platform_and_page(platform, page_id)
 
 
 def account_of(account_id: str, *, required: bool = True) -> str:
@@ -56,13 +45,7 @@ def account_of(account_id: str, *, required: bool = True) -> str:
 
 def token_of(token: str) -> Secret:
     """The request's page token, checked without ever putting it in a message."""
-    if not token:
-        raise InvalidArgument("page_token", "is required")
-    if len(token) > MAX_TOKEN_CHARS:
-        raise InvalidArgument("page_token", f"is longer than {MAX_TOKEN_CHARS} characters")
-    if _WHITESPACE.search(token):
-        raise InvalidArgument("page_token", "must not contain whitespace")
-    return Secret(token)
+    return page_token(token, "page_token")
 
 
 def fields_of(fields: list[str]) -> list[str]:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import grpc
 
 from pagewire.kit.errors import InvalidArgument
 from pagewire.kit.settings import Secret
-from pagewire.proto import events_pb2, tokens_pb2, tokens_pb2_grpc
+from pagewire.kit.validate import page_token, platform_and_page
+from pagewire.proto import tokens_pb2, tokens_pb2_grpc
 from services.tokens.vault import TokenVault
 
 SERVICE_NAME = tokens_pb2.DESCRIPTOR.services_by_name["TokensService"].full_name
 
-_PAGE_ID = re.compile(r"[0-9]{1,32}")
-_WHITESPACE = re.compile(r"\s")
-MAX_TOKEN_CHARS = 4096
 MAX_REASON_CHARS = 1000
-_KNOWN_PLATFORMS = {events_pb2.FACEBOOK, events_pb2.INSTAGRAM}
 _STATUS = {
     "ACTIVE": tokens_pb2.ACTIVE,
     "REAUTH_REQUIRED": tokens_pb2.REAUTH_REQUIRED,
@@ -29,26 +25,12 @@ def page_of(page: tokens_pb2.PageRef, has_page: bool, field: str = "page") -> tu
     """(platform name, page id) of a request's page, or InvalidArgument naming the field."""
     if not has_page:
         raise InvalidArgument(field, "is required")
-    if page.platform == events_pb2.PLATFORM_UNSPECIFIED:
-        raise InvalidArgument(f"{field}.platform", "must be FACEBOOK or INSTAGRAM")
-    if page.platform not in _KNOWN_PLATFORMS:
-        raise InvalidArgument(f"{field}.platform", f"unknown platform {page.platform}")
-    if not page.page_id:
-        raise InvalidArgument(f"{field}.page_id", "is required")
-    if not _PAGE_ID.fullmatch(page.page_id):
-        raise InvalidArgument(f"{field}.page_id", "must be 1 to 32 digits")
-    return events_pb2.Platform.Name(page.platform), page.page_id
+    return platform_and_page(page.platform, page.page_id, prefix=f"{field}.")
 
 
 def token_of(token: str) -> Secret:
     """The request's token, checked without ever putting it in a message."""
-    if not token:
-        raise InvalidArgument("token", "is required")
-    if len(token) > MAX_TOKEN_CHARS:
-        raise InvalidArgument("token", f"is longer than {MAX_TOKEN_CHARS} characters")
-    if _WHITESPACE.search(token):
-        raise InvalidArgument("token", "must not contain whitespace")
-    return Secret(token)
+    return page_token(token, "token")
 
 
 class TokensServiceServicer(tokens_pb2_grpc.TokensServiceServicer):

@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pagewire.kit.db import unavailable
+from pagewire.kit.db import DB_UNAVAILABLE, unavailable
 from pagewire.kit.errors import DataLoss, FailedPrecondition, NotFound
 from pagewire.kit.settings import Secret
 from pagewire.kit.timeutil import now_ms
@@ -33,8 +31,6 @@ NONCE_BYTES = 12  # 96 bits: the size GCM is specified for; random per encryptio
 _AD_PREFIX = b"pagewire/page-token/v1"
 _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
-# What a database that cannot be reached raises; reported as UNAVAILABLE, never with parameters.
-_DB_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)
 
 ACTIVE = "ACTIVE"
 REAUTH_REQUIRED = "REAUTH_REQUIRED"
@@ -201,7 +197,7 @@ class TokenVault:
                     expires_at_ms=expires_at_ms,
                     now=now_ms(),
                 )
-        except _DB_DOWN as exc:
+        except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
         return sealed.key_id
 
@@ -214,7 +210,7 @@ class TokenVault:
         try:
             async with self._sessions() as session, session.begin():
                 return await store.delete_token(session, platform, page_id)
-        except _DB_DOWN as exc:
+        except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
 
     async def status(self, platform: str, page_id: str) -> TokenInfo:
@@ -245,7 +241,7 @@ class TokenVault:
                     graph_subcode=graph_subcode,
                     now=now_ms(),
                 )
-        except _DB_DOWN as exc:
+        except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
         if not found:
             raise NotFound(f"no token stored for {platform} page {page_id}")
@@ -256,7 +252,7 @@ class TokenVault:
         try:
             async with self._sessions() as session:
                 in_use = await store.key_ids_in_use(session)
-        except _DB_DOWN as exc:
+        except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
         return [key_id for key_id in in_use if not self._cipher.knows(key_id)]
 
@@ -264,7 +260,7 @@ class TokenVault:
         try:
             async with self._sessions() as session:
                 row = await store.get_token(session, platform, page_id)
-        except _DB_DOWN as exc:
+        except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
         if row is None:
             raise NotFound(f"no token stored for {platform} page {page_id}")
