@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pagewire.kit.errors import InvalidArgument, NotFound
 from pagewire.proto import events_pb2
-from services.router.store import Conversation, Message
+from services.router.store import Conversation, EventLog, Message, ParkedEvent
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -101,3 +101,28 @@ class History:
                 raise NotFound(f"conversation {conversation_id} not found")
             rows = (await session.execute(query.limit(limit).offset(offset))).scalars().all()
         return rows, _next_token(offset, limit, len(rows))
+
+    async def page_activity(self, platform: str, page_id: str) -> dict[str, int]:
+        """Last event and counts for one page (subscriptions shows them in `pages list`)."""
+        async with self._sessions() as session:
+            last = (
+                await session.execute(
+                    select(func.max(EventLog.timestamp_ms), func.max(EventLog.stored_at_ms)).where(
+                        EventLog.platform == platform, EventLog.page_id == page_id
+                    )
+                )
+            ).one()
+            counts = {}
+            for name, model in (
+                ("conversations", Conversation),
+                ("messages", Message),
+                ("parked", ParkedEvent),
+            ):
+                counts[name] = (
+                    await session.execute(
+                        select(func.count())
+                        .select_from(model)
+                        .where(model.platform == platform, model.page_id == page_id)
+                    )
+                ).scalar_one()
+        return {"last_event_ms": last[0] or 0, "last_stored_at_ms": last[1] or 0, **counts}

@@ -23,6 +23,7 @@ from pagewire.kit.timeutil import now_ms
 from pagewire.proto import events_pb2
 from services.router.mutex import ConversationLocks
 from services.router.store import (
+    Contact,
     Conversation,
     EventLog,
     Message,
@@ -274,6 +275,28 @@ class Router:
                 },
             )
         return total
+
+    async def purge_page(self, platform: int, page_id: str) -> dict[str, int]:
+        """Deletes every row stored for a page, children first (disconnect --purge)."""
+        name = platform_name(platform)
+        counts: dict[str, int] = {}
+        async with self._locks.hold(f"park:{name.lower()}:{page_id}"):
+            async with self._sessions() as session, session.begin():
+                for label, model in (
+                    ("", EventLog),
+                    ("messages", Message),
+                    ("conversations", Conversation),
+                    ("", Contact),
+                    ("parked", ParkedEvent),
+                ):
+                    result = await session.execute(
+                        delete(model).where(model.platform == name, model.page_id == page_id)
+                    )
+                    if label:
+                        counts[label] = result.rowcount
+        self._pages.forget(platform, page_id)
+        log.info("purged page", extra={"platform": name, "page_id": page_id, **counts})
+        return counts
 
     async def _apply(
         self, session: AsyncSession, account: str, key: Key, events: Sequence[events_pb2.Event]

@@ -6,6 +6,7 @@ import json
 
 import grpc
 
+from pagewire.kit.validate import platform_and_page
 from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc
 from services.router.history import History
 from services.router.routing import Router
@@ -97,3 +98,18 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.RouteParkedResponse:
         result = await self._router.route_parked(request.platform, request.page_id)
         return router_pb2.RouteParkedResponse(routed=result.stored, duplicates=result.duplicates)
+
+    async def GetPageActivity(
+        self, request: router_pb2.GetPageActivityRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.GetPageActivityResponse:
+        platform, page_id = platform_and_page(request.platform, request.page_id)
+        return router_pb2.GetPageActivityResponse(
+            **await self._history.page_activity(platform, page_id)
+        )
+
+    async def PurgePage(
+        self, request: router_pb2.PurgePageRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.PurgePageResponse:
+        platform_and_page(request.platform, request.page_id)
+        counts = await self._router.purge_page(request.platform, request.page_id)
+        return router_pb2.PurgePageResponse(**counts)

@@ -222,3 +222,20 @@ async def test_concurrent_posts_into_one_new_conversation(harness: RouterHarness
     assert await harness.count(Message) == 40
     assert await harness.count(Conversation) == 1
     assert await harness.count(Contact) == 1
+
+
+async def test_page_activity_and_purge(harness: RouterHarness) -> None:
+    harness.subscriptions.connect(PAGE, "acme")
+    await harness.stub.Ingest(
+        router_pb2.IngestRequest(events=[message("m_a", "a", 1000), message("m_b", "b", 2000)])
+    )
+    page = dict(platform=events_pb2.FACEBOOK, page_id=PAGE)
+    activity = await harness.stub.GetPageActivity(router_pb2.GetPageActivityRequest(**page))
+    assert (activity.last_event_ms, activity.conversations, activity.messages) == (2000, 1, 2)
+    purged = await harness.stub.PurgePage(router_pb2.PurgePageRequest(**page))
+    assert (purged.conversations, purged.messages) == (1, 2)
+    for model in (Message, Conversation, Contact, EventLog):
+        assert await harness.count(model) == 0
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await harness.stub.PurgePage(router_pb2.PurgePageRequest(page_id="x"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
