@@ -54,6 +54,10 @@ _KIND_PRIORITY = (
 )
 # Modifiers that ride along with a real event (a checkbox-plugin message carries one).
 _MODIFIER_KEYS = frozenset({"prior_message"})
+_HANDOVER_KEYS = frozenset(
+    {"pass_thread_control", "take_thread_control", "request_thread_control", "app_roles"}
+)
+_POLICY_KEYS = frozenset({"policy_enforcement", "policy-enforcement"})
 _STICKER_BEARING = frozenset({"sticker", "image"})
 
 
@@ -168,6 +172,49 @@ def normalize_item(
         event.read.watermark_ms = watermark_ms or 0
         event.read.mid = id_str(body.get("mid"))
         event.id = event_digest("read", platform, page_id, item)
+    elif kind == "postback" and isinstance(body, Mapping):
+        postback = event.postback
+        postback.title = _text(body.get("title"))
+        postback.payload = _text(body.get("payload"))
+        postback.mid = id_str(body.get("mid"))
+        postback.referral_json = _json_or_empty(body.get("referral"))
+        event.id = postback.mid or event_digest("postback", platform, page_id, item)
+    elif kind == "reaction" and isinstance(body, Mapping):
+        reaction = event.reaction
+        reaction.mid = id_str(body.get("mid"))
+        reaction.action = _text(body.get("action")) or "react"
+        reaction.reaction = _text(body.get("reaction"))
+        reaction.emoji = _text(body.get("emoji"))
+        event.id = event_digest("reaction", platform, page_id, item)
+    elif kind == "message_edit" and isinstance(body, Mapping):
+        event.edit.mid = id_str(body.get("mid"))
+        event.edit.text = _text(body.get("text"))
+        event.edit.num_edit = _small_int(body.get("num_edit"))
+        event.id = event_digest("edit", platform, page_id, item)
+    elif kind == "referral" and isinstance(body, Mapping):
+        _fill_referral(event.referral, body)
+        event.id = event_digest("referral", platform, page_id, item)
+    elif kind == "optin" and isinstance(body, Mapping):
+        optin = event.optin
+        optin.type = _text(body.get("type"))
+        optin.payload = _text(body.get("payload"))
+        optin.ref = _text(body.get("ref"))
+        optin.user_ref = id_str(body.get("user_ref"))
+        optin.title = _text(body.get("title"))
+        optin.notification_messages_status = _text(body.get("notification_messages_status"))
+        event.id = event_digest("optin", platform, page_id, item)
+    elif kind in _HANDOVER_KEYS and isinstance(body, Mapping):
+        handover = event.handover
+        handover.action = kind
+        handover.previous_owner_app_id = id_str(body.get("previous_owner_app_id"))
+        handover.new_owner_app_id = id_str(body.get("new_owner_app_id"))
+        handover.requested_owner_app_id = id_str(body.get("requested_owner_app_id"))
+        handover.metadata = _text(body.get("metadata"))
+        event.id = event_digest("handover", platform, page_id, item)
+    elif kind in _POLICY_KEYS and isinstance(body, Mapping):
+        event.policy_enforcement.action = _text(body.get("action"))
+        event.policy_enforcement.reason = _text(body.get("reason"))
+        event.id = event_digest("policy_enforcement", platform, page_id, item)
     else:
         event.unsupported.kind = kind
         event.id = event_digest(kind, platform, page_id, item)
@@ -283,11 +330,24 @@ def _fill_message(target: events_pb2.MessageEvent, message: Mapping[str, Any]) -
     reply_to = message.get("reply_to")
     if isinstance(reply_to, Mapping):
         target.reply_to_mid = id_str(reply_to.get("mid"))
+        story = reply_to.get("story")
+        if isinstance(story, Mapping):
+            target.reply_to_story_url = _text(story.get("url"))
+            target.reply_to_story_id = id_str(story.get("id"))
+    target.referral_json = _json_or_empty(message.get("referral"))
     # Older payloads put the sticker id on the message, beside an image attachment.
     message_sticker = id_str(message.get("sticker_id"))
-    for attachment in _list(message.get("attachments")):
-        if isinstance(attachment, Mapping):
-            target.attachments.append(_attachment(attachment, message_sticker))
+    attachments = [
+        _attachment(attachment, message_sticker)
+        for attachment in _list(message.get("attachments"))
+        if isinstance(attachment, Mapping)
+    ]
+    # During Meta's sticker transition a sticker arrives twice, as `sticker` and as an
+    # `image` carrying the same sticker_id; it is one sticker.
+    stickers = {a.sticker_id for a in attachments if a.type == "sticker" and a.sticker_id}
+    target.attachments.extend(
+        a for a in attachments if not (a.type == "image" and a.sticker_id in stickers)
+    )
 
 
 def _attachment(attachment: Mapping[str, Any], message_sticker: str) -> events_pb2.Attachment:
@@ -305,6 +365,27 @@ def _attachment(attachment: Mapping[str, Any], message_sticker: str) -> events_p
         sticker_id=sticker,
         payload_json="" if raw_payload is None else raw_json(raw_payload),
     )
+
+
+def _fill_referral(target: events_pb2.ReferralEvent, referral: Mapping[str, Any]) -> None:
+    target.ref = _text(referral.get("ref"))
+    target.source = _text(referral.get("source"))
+    target.type = _text(referral.get("type"))
+    target.ad_id = id_str(referral.get("ad_id"))
+    target.referer_uri = _text(referral.get("referer_uri"))
+
+
+def _json_or_empty(value: object) -> str:
+    return raw_json(value) if isinstance(value, Mapping) else ""
+
+
+def _small_int(value: object) -> int:
+    """An int32 count (num_edit); anything else reads as 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return 0
+    return max(0, min(int(value), 2**31 - 1))
 
 
 def _party_id(item: Mapping[str, Any], key: str) -> str:

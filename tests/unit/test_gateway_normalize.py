@@ -162,23 +162,50 @@ def test_06_read(fixtures_dir: Path) -> None:
     assert event.id.startswith("read:")
 
 
-@pytest.mark.parametrize(
-    ("name", "kinds"),
-    [
-        ("07_postback.json", ["postback"]),
-        ("08_reaction_react_unreact.json", ["reaction", "reaction"]),
-        ("14_message_edit.json", ["message_edit"]),
-        ("17_referral_mme.json", ["referral"]),
-    ],
-)
-def test_other_kinds_travel_as_unsupported(fixtures_dir: Path, name: str, kinds: list[str]) -> None:
-    path = fixtures_dir / "meta" / name
-    events = events_of(path)
-    assert [e.unsupported.kind for e in events] == kinds
-    assert all(e.WhichOneof("kind") == "unsupported" for e in events)
-    assert [json.loads(e.raw_json) for e in events] == items_of(path)
-    assert all(e.id.startswith(kind + ":") for e, kind in zip(events, kinds, strict=True))
-    assert all(e.direction == INBOUND and e.user_id and e.timestamp_ms for e in events)
+def test_postback_fixture(fixtures_dir: Path) -> None:
+    [event] = events_of(fixtures_dir / "meta" / "07_postback.json")
+    assert event.WhichOneof("kind") == "postback"
+    assert (event.postback.title, event.postback.payload) == ("Track my order", "TRACK_ORDER:48213")
+    assert event.postback.mid.startswith("m_utgv9H5yv3hwgQYaxdkHNMn6")
+    assert event.id == event.postback.mid
+    assert (event.page_id, event.user_id, event.direction) == (
+        "117465829304716",
+        "5502918364471029",
+        INBOUND,
+    )
+
+
+def test_reaction_fixture_react_then_unreact(fixtures_dir: Path) -> None:
+    react, unreact = events_of(fixtures_dir / "meta" / "08_reaction_react_unreact.json")
+    target = (
+        "m_xwxX6-ACejreu1zyKuYg2QFUdWuPlvahre162DiZZehVvxQFdH_ZP13XsYqWGObRxsrpdV4FiqcosfWpVwn3Fd"
+    )
+    assert (react.reaction.mid, react.reaction.action) == (target, "react")
+    assert (react.reaction.reaction, react.reaction.emoji) == ("love", "\u2764\ufe0f")
+    assert (unreact.reaction.mid, unreact.reaction.action) == (target, "unreact")
+    assert (unreact.reaction.reaction, unreact.reaction.emoji) == ("", "")
+    assert react.user_id == unreact.user_id == USER
+    assert react.id.startswith("reaction:") and unreact.id.startswith("reaction:")
+    assert react.id != unreact.id
+
+
+def test_edit_fixture(fixtures_dir: Path) -> None:
+    [event] = events_of(fixtures_dir / "meta" / "14_message_edit.json")
+    assert event.edit.mid.startswith("m_Dq8DMOAoUZJrXuusle2")
+    assert event.edit.text == "Hola, ¿tienen envío a Bogotá?"
+    assert event.edit.num_edit == 1
+    assert event.id.startswith("edit:")
+
+
+def test_referral_fixture(fixtures_dir: Path) -> None:
+    [event] = events_of(fixtures_dir / "meta" / "17_referral_mme.json")
+    assert (event.referral.ref, event.referral.source, event.referral.type) == (
+        "summer_coupon",
+        "SHORTLINK",
+        "OPEN_THREAD",
+    )
+    assert event.id.startswith("referral:")
+    assert event.direction == INBOUND and event.user_id and event.timestamp_ms
 
 
 def test_08_react_and_unreact_get_distinct_ids(fixtures_dir: Path) -> None:
@@ -198,7 +225,8 @@ def test_09_attachments_and_sticker(fixtures_dir: Path) -> None:
     assert attachment.sticker_id == ""
     assert json.loads(attachment.payload_json) == {"url": attachment.url}
 
-    assert [a.type for a in sticker.message.attachments] == ["sticker", "image"]
+    # The transition's `image` twin of the sticker is collapsed into the one sticker.
+    assert [a.type for a in sticker.message.attachments] == ["sticker"]
     assert {a.sticker_id for a in sticker.message.attachments} == {"369239263222822"}
     assert all(
         a.url.startswith("https://scontent.xx.fbcdn.net/v/t39.1997-6/")
@@ -268,9 +296,12 @@ def test_every_peer_body_normalizes(path: Path) -> None:
         assert event.platform == FB
         assert event.page_id
         assert event.timestamp_ms > 1_000_000_000_000
-        assert event.WhichOneof("kind") in ("message", "delivery", "read", "unsupported")
+        assert event.WhichOneof("kind") in KINDS
         assert events_pb2.Event.FromString(event.SerializeToString()) == event
         json.loads(event.raw_json)
+
+
+KINDS = {f.name for f in events_pb2.Event.DESCRIPTOR.oneofs_by_name["kind"].fields}
 
 
 def peer(fixtures: Path, name: str) -> list[events_pb2.Event]:
@@ -288,7 +319,7 @@ def test_peer_float_timestamps_become_integers(fixtures_dir: Path) -> None:
 def test_peer_seconds_timestamp_is_converted(fixtures_dir: Path) -> None:
     [optin] = peer(fixtures_dir, "013_bottender_optin.json")
     assert optin.timestamp_ms == 1234567890000
-    assert optin.unsupported.kind == "optin"
+    assert optin.WhichOneof("kind") == "optin"
     assert (optin.page_id, optin.user_id) == ("PAGE_ID", "USER_ID")
 
 
@@ -314,7 +345,8 @@ def test_peer_reversed_read_and_handover(fixtures_dir: Path) -> None:
     ):
         [event] = peer(fixtures_dir, name)
         assert event.user_id == "1423587017700273"
-        assert event.WhichOneof("kind") == "unsupported"
+        assert event.WhichOneof("kind") == "handover"
+        assert event.handover.action == name.split("_", 2)[2].removesuffix(".json")
 
 
 def test_peer_numeric_ids_and_missing_timestamps(fixtures_dir: Path) -> None:
@@ -363,13 +395,14 @@ def test_peer_fallback_and_sticker_attachments(fixtures_dir: Path) -> None:
 
 def test_peer_events_without_sender(fixtures_dir: Path) -> None:
     [policy] = peer(fixtures_dir, "017_bottender_policy_enforcement.json")
-    assert policy.unsupported.kind == "policy-enforcement"
+    assert policy.policy_enforcement.action == "block"
+    assert policy.policy_enforcement.reason.startswith("The bot violated our Platform Policies")
     assert policy.user_id == ""
     [roles] = peer(fixtures_dir, "018_bottender_app_roles.json")
-    assert roles.unsupported.kind == "app_roles"
+    assert roles.handover.action == "app_roles"
     assert roles.user_id == ""
     [policy2] = peer(fixtures_dir, "034_fbmessenger_policy_enforcement.json")
-    assert policy2.unsupported.kind == "policy_enforcement"
+    assert policy2.WhichOneof("kind") == "policy_enforcement"
 
 
 def test_peer_placeholder_standby_item_without_content(fixtures_dir: Path) -> None:
@@ -391,18 +424,37 @@ def test_peer_message_with_prior_message_is_a_message(fixtures_dir: Path) -> Non
     ("name", "kind"),
     [
         ("011_bottender_postback.json", "postback"),
+        ("020_bottender_take_thread_control.json", "handover"),
+        ("023_bottender_referral.json", "referral"),
+        ("024_bottender_postback_referral.json", "postback"),
+        ("032_fbmessenger_reaction.json", "reaction"),
+        ("036_fbmessenger_optin_user_ref.json", "optin"),
+    ],
+)
+def test_peer_kinds_normalized(fixtures_dir: Path, name: str, kind: str) -> None:
+    [event] = peer(fixtures_dir, name)
+    assert event.WhichOneof("kind") == kind
+
+
+def test_peer_postback_referral_and_optin_fields(fixtures_dir: Path) -> None:
+    [postback] = peer(fixtures_dir, "024_bottender_postback_referral.json")
+    assert json.loads(postback.postback.referral_json)["source"]
+    [optin] = peer(fixtures_dir, "036_fbmessenger_optin_user_ref.json")
+    assert optin.optin.ref and optin.optin.user_ref
+    [reaction] = peer(fixtures_dir, "032_fbmessenger_reaction.json")
+    assert reaction.reaction.emoji == "\U0001f44d"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
         ("012_bottender_game_play.json", "game_play"),
         ("014_bottender_payment.json", "payment"),
         ("015_bottender_checkout_update.json", "checkout_update"),
         ("016_bottender_pre_checkout.json", "pre_checkout"),
-        ("020_bottender_take_thread_control.json", "take_thread_control"),
-        ("023_bottender_referral.json", "referral"),
-        ("024_bottender_postback_referral.json", "postback"),
         ("026_bottender_branded_camera.json", "branded_camera"),
         ("031_fbmessenger_message_request.json", "message_request"),
-        ("032_fbmessenger_reaction.json", "reaction"),
         ("033_fbmessenger_account_linking.json", "account_linking"),
-        ("036_fbmessenger_optin_user_ref.json", "optin"),
     ],
 )
 def test_peer_unsupported_kinds(fixtures_dir: Path, name: str, kind: str) -> None:
@@ -735,3 +787,42 @@ def test_id_str(value: object, expected: str) -> None:
 
 def test_raw_json_is_compact_and_readable() -> None:
     assert raw_json({"text": "Medellín 🙂", "n": [1, 2]}) == '{"text":"Medellín 🙂","n":[1,2]}'
+
+
+def test_instagram_story_reply_and_mention() -> None:
+    body = {
+        "object": "instagram",
+        "entry": [
+            {
+                "id": "17841405822304914",
+                "time": 1778163300000,
+                "messaging": [
+                    {
+                        "sender": {"id": "5837201946638120"},
+                        "recipient": {"id": "17841405822304914"},
+                        "timestamp": 1778163299000,
+                        "message": {
+                            "mid": "aWdfZAG1faWQ6story",
+                            "text": "love this!",
+                            "reply_to": {
+                                "story": {"url": "https://lookaside.fbsbx.com/s", "id": "1799"}
+                            },
+                            "attachments": [
+                                {
+                                    "type": "story_mention",
+                                    "payload": {"url": "https://lookaside.fbsbx.com/m"},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    [event] = normalize_envelope(body)
+    assert event.platform == events_pb2.INSTAGRAM
+    assert event.message.reply_to_story_url == "https://lookaside.fbsbx.com/s"
+    assert event.message.reply_to_story_id == "1799"
+    assert [(a.type, a.url) for a in event.message.attachments] == [
+        ("story_mention", "https://lookaside.fbsbx.com/m")
+    ]
