@@ -12,6 +12,7 @@ from pagewire.kit.runner import run
 from pagewire.kit.settings import current_environ
 from pagewire.proto import router_pb2_grpc, subscriptions_pb2_grpc
 from services.router.config import RouterSettings
+from services.router.fencing import Fences
 from services.router.history import History
 from services.router.mutex import ConversationLocks, LocalLocks, RedisLocks, redis_client
 from services.router.pages import PageDirectory
@@ -49,8 +50,14 @@ async def main() -> None:
         settings.page_cache_ttl_s,
         settings.rpc_timeout_s,
     )
-    router = Router(session_factory, locks, pages, group_concurrency=settings.group_concurrency)
-    servicer = RouterServiceServicer(router, History(session_factory))
+    router = Router(
+        session_factory,
+        locks,
+        pages,
+        fences=Fences(engine),
+        group_concurrency=settings.group_concurrency,
+    )
+    servicer = RouterServiceServicer(router, History(session_factory), session_factory)
 
     async def close_channel() -> None:
         await subscriptions.close()

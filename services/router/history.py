@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pagewire.kit.errors import InvalidArgument, NotFound
 from pagewire.proto import events_pb2
-from services.router.store import Conversation, EventLog, Message, ParkedEvent
+from services.router.store import (
+    Conversation,
+    EventLog,
+    Message,
+    MessageEdit,
+    ParkedEvent,
+    Reaction,
+)
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -46,6 +54,43 @@ def _platform_filter(column, platform: int):  # type: ignore[no-untyped-def]
     return column == events_pb2.Platform.Name(platform)
 
 
+@dataclass
+class MessageView:
+    """A stored message with its edit history and current reactions."""
+
+    row: Message
+    edits: list[MessageEdit] = field(default_factory=list)
+    reactions: list[Reaction] = field(default_factory=list)
+
+
+async def message_views(session: AsyncSession, rows: Sequence[Message]) -> list[MessageView]:
+    """Attaches edits (by num_edit) and live reactions (by person) to each message."""
+    views = [MessageView(row) for row in rows]
+    by_key = {(v.row.platform, v.row.page_id, v.row.mid): v for v in views}
+    if not by_key:
+        return views
+    mids = [v.row.mid for v in views]
+    edits = await session.execute(
+        select(MessageEdit)
+        .where(MessageEdit.mid.in_(mids))
+        .order_by(MessageEdit.num_edit, MessageEdit.timestamp_ms, MessageEdit.event_id)
+    )
+    for edit in edits.scalars():
+        view = by_key.get((edit.platform, edit.page_id, edit.mid))
+        if view is not None:
+            view.edits.append(edit)
+    reactions = await session.execute(
+        select(Reaction)
+        .where(Reaction.mid.in_(mids), Reaction.action == "react")
+        .order_by(Reaction.user_id)
+    )
+    for reaction in reactions.scalars():
+        view = by_key.get((reaction.platform, reaction.page_id, reaction.mid))
+        if view is not None:
+            view.reactions.append(reaction)
+    return views
+
+
 class History:
     """Read-only queries over the router's tables."""
 
@@ -77,7 +122,7 @@ class History:
         platform: int,
         page_size: int,
         page_token: str,
-    ) -> tuple[Sequence[Message], str]:
+    ) -> tuple[Sequence[MessageView], str]:
         limit, offset = _page(page_size, page_token)
         query = select(Message)
         if conversation_id:
@@ -95,10 +140,46 @@ class History:
             query = query.where(Message.conversation_id.in_(inner))
         else:
             raise InvalidArgument("conversation_id", "give conversation_id or page_id")
-        query = query.order_by(Message.timestamp_ms, Message.id)
+        # Meta's timestamp orders; the mid breaks ties, so the order is the same whatever
+        # order the webhooks arrived in.
+        query = query.order_by(Message.timestamp_ms, Message.mid)
         async with self._sessions() as session:
             if conversation_id and not await session.get(Conversation, int(conversation_id)):
                 raise NotFound(f"conversation {conversation_id} not found")
+            rows = (await session.execute(query.limit(limit).offset(offset))).scalars().all()
+            views = await message_views(session, rows)
+        return views, _next_token(offset, limit, len(rows))
+
+    async def events(
+        self,
+        *,
+        conversation_id: str,
+        page_id: str,
+        user_id: str,
+        platform: int,
+        kinds: Sequence[str],
+        page_size: int,
+        page_token: str,
+    ) -> tuple[Sequence[EventLog], str]:
+        limit, offset = _page(page_size, page_token)
+        query = select(EventLog)
+        if conversation_id:
+            try:
+                query = query.where(EventLog.conversation_id == int(conversation_id))
+            except ValueError:
+                raise InvalidArgument("conversation_id", "must be a conversation id") from None
+        elif page_id:
+            query = query.where(
+                EventLog.page_id == page_id, _platform_filter(EventLog.platform, platform)
+            )
+            if user_id:
+                query = query.where(EventLog.user_id == user_id)
+        else:
+            raise InvalidArgument("conversation_id", "give conversation_id or page_id")
+        if kinds:
+            query = query.where(EventLog.kind.in_(list(kinds)))
+        query = query.order_by(EventLog.timestamp_ms, EventLog.event_id)
+        async with self._sessions() as session:
             rows = (await session.execute(query.limit(limit).offset(offset))).scalars().all()
         return rows, _next_token(offset, limit, len(rows))
 

@@ -16,7 +16,7 @@ import secrets
 import time
 import weakref
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -38,12 +38,44 @@ return 0
 """
 
 
+# KEYS[1] lock; ARGV[1] token, ARGV[2] ttl (ms). Extends the lock only while it is ours.
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class Lease(Protocol):
+    """A held lock."""
+
+    async def still_held(self) -> bool: ...
+
+
 class ConversationLocks(Protocol):
     """Mutual exclusion by conversation key."""
 
-    def hold(self, key: str) -> AsyncIterator[None]: ...
+    def hold(self, key: str) -> AbstractAsyncContextManager[Lease]: ...
 
     async def close(self) -> None: ...
+
+
+class _LocalLease:
+    async def still_held(self) -> bool:
+        return True
+
+
+class _RedisLease:
+    def __init__(self, locks: RedisLocks, key: str, token: str) -> None:
+        self._locks, self._key, self._token = locks, key, token
+
+    async def still_held(self) -> bool:
+        lock_key, _ = self._locks.keys_for(self._key)
+        try:
+            return await self._locks.redis.get(lock_key) == self._token.encode()
+        except RedisError as exc:
+            raise Unavailable(f"redis unavailable ({type(exc).__name__})") from None
 
 
 class LocalLocks:
@@ -54,7 +86,7 @@ class LocalLocks:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    async def hold(self, key: str) -> AsyncIterator[Lease]:
         lock = self._locks.get(key)
         if lock is None:
             lock = asyncio.Lock()
@@ -64,7 +96,7 @@ class LocalLocks:
         except TimeoutError:
             raise Aborted("conversation is busy: lock wait exceeded") from None
         try:
-            yield
+            yield _LocalLease()
         finally:
             lock.release()
 
@@ -76,11 +108,12 @@ class RedisLocks:
     """Redis locks shared by every router replica."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, ttl_ms: int, wait_ms: int) -> None:
-        self._redis = client
+        self.redis = client
         self._prefix = prefix
         self._ttl_ms = ttl_ms
         self._wait_ms = wait_ms
         self._release = client.register_script(_RELEASE)
+        self._extend = client.register_script(_EXTEND)
 
     def keys_for(self, key: str) -> tuple[str, str]:
         """The lock key and its wake-up list, sharing the hash tag `{key}`."""
@@ -94,15 +127,15 @@ class RedisLocks:
         deadline = time.monotonic() + self._wait_ms / 1000
         try:
             while True:
-                if await self._redis.set(lock_key, token, nx=True, px=self._ttl_ms):
+                if await self.redis.set(lock_key, token, nx=True, px=self._ttl_ms):
                     return token
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Aborted("conversation is busy: lock wait exceeded")
-                ttl = await self._redis.pttl(lock_key)
+                ttl = await self.redis.pttl(lock_key)
                 # A lock with no TTL left (or already gone) is retried at once.
                 if ttl > 0:
-                    await self._redis.blpop([wake_key], timeout=min(remaining, ttl / 1000 + 0.001))
+                    await self.redis.blpop([wake_key], timeout=min(remaining, ttl / 1000 + 0.001))
         except RedisError as exc:
             raise Unavailable(f"redis unavailable ({type(exc).__name__})") from None
 
@@ -115,16 +148,30 @@ class RedisLocks:
             # The lock expires by itself; the work under it already committed or rolled back.
             return False
 
+    async def _keep_alive(self, key: str, token: str) -> None:
+        """Extends the lock every third of its TTL while the work runs; a stalled process
+        stalls this too, so its lock expires and the fence protects what it writes later."""
+        lock_key, _ = self.keys_for(key)
+        while True:
+            await asyncio.sleep(self._ttl_ms / 3000)  # a renewal period, not a synchronisation
+            try:
+                if not await self._extend(keys=[lock_key], args=[token, self._ttl_ms]):
+                    return
+            except RedisError:
+                return
+
     @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    async def hold(self, key: str) -> AsyncIterator[Lease]:
         token = await self.acquire(key)
+        renew = asyncio.create_task(self._keep_alive(key, token))
         try:
-            yield
+            yield _RedisLease(self, key, token)
         finally:
+            renew.cancel()
             await self.release(key, token)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self.redis.aclose()
 
 
 def redis_client(url: str) -> aioredis.Redis:

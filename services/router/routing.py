@@ -8,26 +8,33 @@ event reaching two replicas changes nothing the second time.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pagewire.kit.db import DB_UNAVAILABLE, unavailable
-from pagewire.kit.errors import FailedPrecondition, InvalidArgument
+from pagewire.kit.errors import Aborted, FailedPrecondition, InvalidArgument
 from pagewire.kit.timeutil import now_ms
 from pagewire.proto import events_pb2
+from services.router import feed
+from services.router.apply import Applied, Applier
+from services.router.feed import FeedNotifier
+from services.router.fencing import Fences, StaleFence
 from services.router.mutex import ConversationLocks
 from services.router.store import (
+    Change,
     Contact,
     Conversation,
     EventLog,
     Message,
+    MessageEdit,
+    MessageMark,
     ParkedEvent,
+    Reaction,
     find_or_create_conversation,
     insert_ignoring_duplicates,
 )
@@ -36,9 +43,11 @@ log = logging.getLogger("pagewire.router")
 
 MAX_EVENTS_PER_CALL = 1000
 PARKED_BATCH = 500
-_KINDS_NEEDING_USER = {"message", "delivery", "read"}
+_KINDS_NEEDING_USER = {"message", "delivery", "read", "postback", "reaction", "edit"}
 
 Key = tuple[int, str, str]  # platform, page id, user id
+BeforeWrite = Callable[[Key, int], Awaitable[None]]
+FENCE_ATTEMPTS = 5
 
 
 class AccountLookup(Protocol):
@@ -100,25 +109,9 @@ def validate_events(events: Sequence[events_pb2.Event]) -> None:
             raise InvalidArgument(f"{where}.direction", "must be INBOUND or OUTBOUND")
         kind = event.WhichOneof("kind")
         if kind is None:
-            raise InvalidArgument(f"{where}.kind", "one of message, delivery, read, unsupported")
+            raise InvalidArgument(f"{where}.kind", "an event needs one kind (message, read, ...)")
         if kind in _KINDS_NEEDING_USER and not event.user_id.strip():
             raise InvalidArgument(f"{where}.user_id", f"is required for a {kind}")
-
-
-def _attachments_json(message: events_pb2.MessageEvent) -> str:
-    return json.dumps(
-        [
-            {
-                "type": a.type,
-                "url": a.url,
-                "title": a.title,
-                "sticker_id": a.sticker_id,
-                "payload_json": a.payload_json,
-            }
-            for a in message.attachments
-        ],
-        ensure_ascii=False,
-    )
 
 
 class Router:
@@ -130,14 +123,22 @@ class Router:
         locks: ConversationLocks,
         pages: AccountLookup,
         *,
+        fences: Fences,
+        notifier: FeedNotifier | None = None,
         group_concurrency: int = 8,
         clock: Callable[[], int] = now_ms,
+        before_write: BeforeWrite | None = None,
     ) -> None:
         self._sessions = sessions
         self._locks = locks
         self._pages = pages
+        self._fences = fences
+        self.notifier = notifier or FeedNotifier()
         self._limit = asyncio.Semaphore(group_concurrency)
         self._clock = clock
+        # A test hook between taking the fence and writing: where a stalled holder stalls.
+        self._before_write = before_write
+        self.stale_writes = 0
 
     async def ingest(self, events: Sequence[events_pb2.Event]) -> IngestResult:
         """Stores a webhook's events; returns only after every group has committed."""
@@ -174,17 +175,37 @@ class Router:
         events: Sequence[events_pb2.Event],
         parked_ids: Sequence[int] = (),
     ) -> IngestResult:
-        async with self._locks.hold(lock_name(key)):
-            try:
-                async with self._sessions() as session, session.begin():
-                    result = await self._apply(session, account, key, events)
-                    if parked_ids:
-                        await session.execute(
-                            delete(ParkedEvent).where(ParkedEvent.id.in_(parked_ids))
-                        )
-                    return result
-            except DB_UNAVAILABLE as exc:
-                raise unavailable(exc) from None
+        """One lock, one fence, one transaction for a conversation group; a stale fence
+        (this holder's lock expired and another wrote meanwhile) is retried afresh."""
+        for _ in range(FENCE_ATTEMPTS):
+            async with self._locks.hold(lock_name(key)) as lease:
+                try:
+                    fence = await self._fences.next()
+                    # Taken while provably holding the lock, so every later holder's
+                    # fence is larger than this one.
+                    if not await lease.still_held():
+                        continue
+                    if self._before_write is not None:
+                        await self._before_write(key, fence)
+                    async with self._sessions() as session, session.begin():
+                        applied = await self._apply(session, account, key, events, fence)
+                        if parked_ids:
+                            await session.execute(
+                                delete(ParkedEvent).where(ParkedEvent.id.in_(parked_ids))
+                            )
+                except StaleFence as stale:
+                    self.stale_writes += 1
+                    log.warning(
+                        "stale lock holder's write rejected; retrying under a new lock",
+                        extra={"fence": stale.mine, "newer_fence": stale.newer},
+                    )
+                    continue
+                except DB_UNAVAILABLE as exc:
+                    raise unavailable(exc) from None
+            if applied.changes:
+                self.notifier.notify(account)
+            return IngestResult(stored=applied.stored, duplicates=applied.duplicates)
+        raise Aborted("conversation lock was lost repeatedly; retry later")
 
     async def _park_or_route(self, key: Key, events: Sequence[events_pb2.Event]) -> IngestResult:
         """Parks events of an unconnected page; re-checks under the page's park lock so an
@@ -282,8 +303,25 @@ class Router:
         counts: dict[str, int] = {}
         async with self._locks.hold(f"park:{name.lower()}:{page_id}"):
             async with self._sessions() as session, session.begin():
+                conversations = select(Conversation.id).where(
+                    Conversation.platform == name, Conversation.page_id == page_id
+                )
+                page_events = select(EventLog.id).where(
+                    EventLog.platform == name, EventLog.page_id == page_id
+                )
+                await session.execute(
+                    delete(Change).where(
+                        or_(
+                            Change.conversation_id.in_(conversations),
+                            Change.event_row_id.in_(page_events),
+                        )
+                    )
+                )
                 for label, model in (
                     ("", EventLog),
+                    ("", MessageEdit),
+                    ("", Reaction),
+                    ("", MessageMark),
                     ("messages", Message),
                     ("conversations", Conversation),
                     ("", Contact),
@@ -299,131 +337,33 @@ class Router:
         return counts
 
     async def _apply(
-        self, session: AsyncSession, account: str, key: Key, events: Sequence[events_pb2.Event]
-    ) -> IngestResult:
+        self,
+        session: AsyncSession,
+        account: str,
+        key: Key,
+        events: Sequence[events_pb2.Event],
+        fence: int,
+    ) -> Applied:
         platform, page_id, user_id = key
-        platform_text = platform_name(platform)
         now = self._clock()
-        result = IngestResult()
         conversation: Conversation | None = None
+        created = False
         if user_id:
-            conversation = await find_or_create_conversation(
-                session, account, platform_text, page_id, user_id, now
+            conversation, created = await find_or_create_conversation(
+                session, account, platform_name(platform), page_id, user_id, now
             )
+            if conversation.fence > fence:
+                # A newer lock holder already wrote here: this holder's lock expired.
+                raise StaleFence(conversation.fence, fence)
+            conversation.fence = fence
             if conversation.account_id != account:
                 # The page moved to another account; its conversations follow it.
                 conversation.account_id = account
+        applier = Applier(session, conversation, platform_name(platform), now)
+        if created and conversation is not None:
+            applier.out.change("CONVERSATION_CREATED", conversation.id)
         for event in events:
-            kind = event.WhichOneof("kind") or "unsupported"
-            logged = await session.execute(
-                insert_ignoring_duplicates(session, EventLog)
-                .values(
-                    platform=platform_text,
-                    page_id=page_id,
-                    user_id=user_id,
-                    event_id=event.id,
-                    kind=event.unsupported.kind if kind == "unsupported" else kind,
-                    direction=events_pb2.Direction.Name(event.direction),
-                    timestamp_ms=event.timestamp_ms,
-                    conversation_id=conversation.id if conversation else None,
-                    standby=event.standby,
-                    raw_json=event.raw_json,
-                    received_at_ms=event.received_at_ms,
-                    stored_at_ms=now,
-                )
-                .returning(EventLog.id)
-            )
-            if logged.scalar_one_or_none() is None:
-                result.duplicates += 1
-                continue
-            result.stored += 1
-            if conversation is None:
-                continue
-            conversation.last_event_ms = max(conversation.last_event_ms, event.timestamp_ms)
-            if kind == "message":
-                await self._apply_message(session, conversation, event, now)
-            elif kind == "delivery":
-                await self._apply_delivery(session, conversation, event.delivery)
-            elif kind == "read":
-                await self._apply_read(session, conversation, event.read)
-        return result
-
-    async def _apply_message(
-        self, session: AsyncSession, conversation: Conversation, event: events_pb2.Event, now: int
-    ) -> None:
-        message = event.message
-        outbound = event.direction == events_pb2.OUTBOUND
-        status = "RECEIVED"
-        if outbound:
-            status = "SENT"
-            if conversation.read_watermark_ms >= event.timestamp_ms:
-                status = "READ"
-            elif conversation.delivery_watermark_ms >= event.timestamp_ms:
-                status = "DELIVERED"
-        inserted = await session.execute(
-            insert_ignoring_duplicates(session, Message)
-            .values(
-                conversation_id=conversation.id,
-                platform=conversation.platform,
-                page_id=conversation.page_id,
-                mid=message.mid or event.id,
-                direction=events_pb2.Direction.Name(event.direction),
-                text=message.text,
-                attachments_json=_attachments_json(message),
-                timestamp_ms=event.timestamp_ms,
-                is_echo=message.is_echo,
-                app_id=message.app_id,
-                metadata_=message.metadata,
-                quick_reply_payload=message.quick_reply_payload,
-                reply_to_mid=message.reply_to_mid,
-                status=status,
-                standby=event.standby,
-                created_at_ms=now,
-            )
-            .returning(Message.id)
-        )
-        if inserted.scalar_one_or_none() is not None:
-            conversation.message_count += 1
-
-    async def _apply_delivery(
-        self, session: AsyncSession, conversation: Conversation, delivery: events_pb2.DeliveryEvent
-    ) -> None:
-        watermark = delivery.watermark_ms
-        conversation.delivery_watermark_ms = max(conversation.delivery_watermark_ms, watermark)
-        covered = [Message.timestamp_ms <= watermark]
-        if delivery.mids:
-            covered.append(Message.mid.in_(list(delivery.mids)))
-        await session.execute(
-            update(Message)
-            .where(
-                Message.conversation_id == conversation.id,
-                Message.direction == "OUTBOUND",
-                Message.status == "SENT",
-                or_(*covered),
-            )
-            .values(status="DELIVERED")
-        )
-
-    async def _apply_read(
-        self, session: AsyncSession, conversation: Conversation, read: events_pb2.ReadEvent
-    ) -> None:
-        watermark = read.watermark_ms
-        if read.mid:
-            # Instagram says which message was seen; everything up to it was seen too.
-            seen = await session.execute(
-                select(Message.timestamp_ms).where(
-                    Message.conversation_id == conversation.id, Message.mid == read.mid
-                )
-            )
-            watermark = max(watermark, seen.scalar_one_or_none() or 0)
-        conversation.read_watermark_ms = max(conversation.read_watermark_ms, watermark)
-        await session.execute(
-            update(Message)
-            .where(
-                Message.conversation_id == conversation.id,
-                Message.direction == "OUTBOUND",
-                Message.status.in_(("SENT", "DELIVERED")),
-                Message.timestamp_ms <= watermark,
-            )
-            .values(status="READ")
-        )
+            await applier.apply(event)
+        await session.flush()
+        await feed.record(session, account, applier.out.changes, now)
+        return applier.out

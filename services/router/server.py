@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 
 import grpc
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from pagewire.kit.errors import InvalidArgument
 from pagewire.kit.validate import platform_and_page
 from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc
-from services.router.history import History
+from services.router.feed import changes_after
+from services.router.history import History, MessageView, message_views
 from services.router.routing import Router
-from services.router.store import Conversation, Message
+from services.router.store import Conversation, EventLog, Message
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
@@ -27,10 +30,27 @@ def _conversation(row: Conversation) -> router_pb2.Conversation:
         delivery_watermark_ms=row.delivery_watermark_ms,
         read_watermark_ms=row.read_watermark_ms,
         created_at_ms=row.created_at_ms,
+        thread_owner_app_id=row.thread_owner_app_id,
     )
 
 
-def _message(row: Message) -> router_pb2.Message:
+def _event(row: EventLog) -> router_pb2.StoredEvent:
+    return router_pb2.StoredEvent(
+        event_id=row.event_id,
+        kind=row.kind,
+        platform=events_pb2.Platform.Value(row.platform),
+        page_id=row.page_id,
+        user_id=row.user_id,
+        conversation_id=str(row.conversation_id or ""),
+        direction=events_pb2.Direction.Value(row.direction),
+        timestamp_ms=row.timestamp_ms,
+        standby=row.standby,
+        raw_json=row.raw_json,
+    )
+
+
+def _message(view: MessageView) -> router_pb2.Message:
+    row = view.row
     return router_pb2.Message(
         id=str(row.id),
         conversation_id=str(row.conversation_id),
@@ -46,15 +66,33 @@ def _message(row: Message) -> router_pb2.Message:
         reply_to_mid=row.reply_to_mid,
         status=router_pb2.MessageStatus.Value(row.status),
         standby=row.standby,
+        kind=row.kind,
+        payload=row.payload,
+        original_text=row.original_text,
+        edits=[
+            router_pb2.MessageEdit(num_edit=e.num_edit, text=e.text, timestamp_ms=e.timestamp_ms)
+            for e in view.edits
+        ],
+        reactions=[
+            router_pb2.Reaction(
+                user_id=r.user_id, reaction=r.reaction, emoji=r.emoji, timestamp_ms=r.timestamp_ms
+            )
+            for r in view.reactions
+        ],
+        deleted=row.deleted,
+        is_unsupported=row.is_unsupported,
+        reply_to_story_url=row.reply_to_story_url,
+        referral_json=row.referral_json,
     )
 
 
 class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     """Ingest, listing and parked-event routing over gRPC."""
 
-    def __init__(self, router: Router, history: History) -> None:
+    def __init__(self, router: Router, history: History, sessions: async_sessionmaker) -> None:
         self._router = router
         self._history = history
+        self._sessions = sessions
 
     async def Ingest(
         self, request: router_pb2.IngestRequest, context: grpc.aio.ServicerContext
@@ -113,3 +151,55 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         platform_and_page(request.platform, request.page_id)
         counts = await self._router.purge_page(request.platform, request.page_id)
         return router_pb2.PurgePageResponse(**counts)
+
+    async def ListEvents(
+        self, request: router_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ListEventsResponse:
+        rows, token = await self._history.events(
+            conversation_id=request.conversation_id,
+            page_id=request.page_id,
+            user_id=request.user_id,
+            platform=request.platform,
+            kinds=list(request.kinds),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return router_pb2.ListEventsResponse(
+            events=[_event(r) for r in rows], next_page_token=token
+        )
+
+    async def StreamEvents(
+        self, request: router_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
+    ):  # type: ignore[no-untyped-def]
+        if not request.account_id:
+            raise InvalidArgument("account_id", "is required")
+        if request.after_cursor < 0:
+            raise InvalidArgument("after_cursor", "must be 0 or a cursor from this feed")
+        async for change in changes_after(
+            self._sessions, request.account_id, request.after_cursor, self._router.notifier
+        ):
+            yield await self._change(change)
+
+    async def _change(self, change) -> router_pb2.Change:  # type: ignore[no-untyped-def]
+        """The change with the conversation and message as they are now."""
+        out = router_pb2.Change(
+            cursor=change.cursor,
+            kind=router_pb2.ChangeKind.Value(change.kind),
+            account_id=change.account_id,
+            committed_at_ms=change.committed_at_ms,
+        )
+        async with self._sessions() as session:
+            if change.conversation_id is not None:
+                conversation = await session.get(Conversation, change.conversation_id)
+                if conversation is not None:
+                    out.conversation.CopyFrom(_conversation(conversation))
+            if change.message_id is not None:
+                message = await session.get(Message, change.message_id)
+                if message is not None:
+                    (view,) = await message_views(session, [message])
+                    out.message.CopyFrom(_message(view))
+            if change.event_row_id is not None:
+                event = await session.get(EventLog, change.event_row_id)
+                if event is not None:
+                    out.event.CopyFrom(_event(event))
+        return out

@@ -66,6 +66,10 @@ class Conversation(Base):
     message_count: Mapped[int] = mapped_column(Integer, default=0)
     delivery_watermark_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     read_watermark_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Fence of the last lock holder that wrote this conversation (guarantee 5).
+    fence: Mapped[int] = mapped_column(BigInteger, default=0)
+    thread_owner_app_id: Mapped[str] = mapped_column(String(64), default="")
+    thread_owner_ms: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Message(Base):
@@ -94,6 +98,88 @@ class Message(Base):
     status: Mapped[str] = mapped_column(String(16))
     standby: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16), default="message")
+    payload: Mapped[str] = mapped_column(Text, default="")
+    original_text: Mapped[str] = mapped_column(Text, default="")
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_unsupported: Mapped[bool] = mapped_column(Boolean, default=False)
+    reply_to_story_url: Mapped[str] = mapped_column(Text, default="")
+    referral_json: Mapped[str] = mapped_column(Text, default="")
+
+
+class MessageEdit(Base):
+    """One edit of a message, kept even when it arrives before the message."""
+
+    __tablename__ = "message_edits"
+    __table_args__ = (
+        UniqueConstraint("platform", "page_id", "event_id", name="uq_message_edits_event"),
+        Index("ix_message_edits_mid", "platform", "page_id", "mid"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    page_id: Mapped[str] = mapped_column(String(128))
+    mid: Mapped[str] = mapped_column(String(512))
+    event_id: Mapped[str] = mapped_column(String(512))
+    num_edit: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class Reaction(Base):
+    """A person's latest reaction to a message (the newest event wins, whatever the order)."""
+
+    __tablename__ = "reactions"
+    __table_args__ = (
+        UniqueConstraint("platform", "page_id", "mid", "user_id", name="uq_reactions_person"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    page_id: Mapped[str] = mapped_column(String(128))
+    mid: Mapped[str] = mapped_column(String(512))
+    user_id: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(16))
+    reaction: Mapped[str] = mapped_column(String(32))
+    emoji: Mapped[str] = mapped_column(String(64))
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger)
+    event_id: Mapped[str] = mapped_column(String(512))
+
+
+class MessageMark(Base):
+    """A fact about a mid that may arrive before the message: delivered, read, deleted."""
+
+    __tablename__ = "message_marks"
+
+    platform: Mapped[str] = mapped_column(String(16), primary_key=True)
+    page_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    mid: Mapped[str] = mapped_column(String(512), primary_key=True)
+    mark: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+
+class AccountCursor(Base):
+    """The last change cursor handed out for an account."""
+
+    __tablename__ = "account_cursors"
+
+    account_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_cursor: Mapped[int] = mapped_column(BigInteger)
+
+
+class Change(Base):
+    """One entry of an account's change feed; cursors are gap-free and in commit order."""
+
+    __tablename__ = "changes"
+    __table_args__ = (UniqueConstraint("account_id", "cursor", name="uq_changes_cursor"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    cursor: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    event_row_id: Mapped[int | None] = mapped_column(ForeignKey("events.id"))
+    committed_at_ms: Mapped[int] = mapped_column(BigInteger)
 
 
 class EventLog(Base):
@@ -165,10 +251,12 @@ async def find_or_create_contact(
 
 async def find_or_create_conversation(
     session: AsyncSession, account_id: str, platform: str, page_id: str, user_id: str, now: int
-) -> Conversation:
+) -> tuple[Conversation, bool]:
+    """The conversation, locked for this transaction, and whether it was just created."""
     contact_id = await find_or_create_contact(session, platform, page_id, user_id, now)
-    await session.execute(
-        insert_ignoring_duplicates(session, Conversation).values(
+    created = await session.execute(
+        insert_ignoring_duplicates(session, Conversation)
+        .values(
             account_id=account_id,
             platform=platform,
             page_id=page_id,
@@ -179,14 +267,25 @@ async def find_or_create_conversation(
             message_count=0,
             delivery_watermark_ms=0,
             read_watermark_ms=0,
+            fence=0,
+            thread_owner_app_id="",
+            thread_owner_ms=0,
         )
+        .returning(Conversation.id)
     )
-    return (
+    was_created = created.scalar_one_or_none() is not None
+    # FOR UPDATE: the row lock orders writers of this conversation, so the fence check
+    # below it sees the latest writer's fence (SQLite serializes writers anyway).
+    conversation = (
         await session.execute(
-            select(Conversation).where(
+            select(Conversation)
+            .where(
                 Conversation.platform == platform,
                 Conversation.page_id == page_id,
                 Conversation.user_id == user_id,
             )
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
     ).scalar_one()
+    return conversation, was_created

@@ -4,68 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
-from sqlalchemy import func, select
 
-from pagewire.kit.channels import open_channel
-from pagewire.kit.db import create_engine, sessions
-from pagewire.kit.grpcserver import start_server
-from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc, subscriptions_pb2_grpc
-from services.router.history import History
-from services.router.mutex import RedisLocks, redis_client
-from services.router.pages import PageDirectory
-from services.router.routing import Router
-from services.router.server import SERVICE_NAME, RouterServiceServicer
+from pagewire.proto import events_pb2, router_pb2
 from services.router.store import Contact, Conversation, EventLog, Message, ParkedEvent
-from tests.support.fakes import FakeSubscriptions, serve_fake_subscriptions
-
-PAGE = "109384756201938"
-USER = "7294015836620194"
-
-
-@dataclass
-class RouterHarness:
-    stub: router_pb2_grpc.RouterServiceStub
-    subscriptions: FakeSubscriptions
-    sessions: object
-
-    async def count(self, model) -> int:  # type: ignore[no-untyped-def]
-        async with self.sessions() as session:  # type: ignore[operator]
-            return (await session.execute(select(func.count()).select_from(model))).scalar_one()
+from tests.support.routerharness import PAGE, USER, RouterHarness, router_harness
 
 
 @pytest.fixture
 async def harness(database_url: str, redis_url: str, redis_prefix: str) -> AsyncIterator:
-    fake = FakeSubscriptions()
-    subs = await serve_fake_subscriptions(fake)
-    channel = open_channel(f"127.0.0.1:{subs.port}")
-    engine = create_engine(database_url, "router")
-    factory = sessions(engine)
-    locks = RedisLocks(redis_client(redis_url), redis_prefix, ttl_ms=5000, wait_ms=3000)
-    router = Router(
-        factory,
-        locks,
-        PageDirectory(subscriptions_pb2_grpc.SubscriptionsServiceStub(channel), 30, 2),
-    )
-    service = await start_server(
-        names=[SERVICE_NAME],
-        register=lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(
-            RouterServiceServicer(router, History(factory)), s
-        ),
-    )
-    router_channel = open_channel(f"127.0.0.1:{service.port}")
-    try:
-        yield RouterHarness(router_pb2_grpc.RouterServiceStub(router_channel), fake, factory)
-    finally:
-        await router_channel.close()
-        await service.stop(grace=1)
-        await locks.close()
-        await channel.close()
-        await subs.stop(grace=1)
-        await engine.dispose()
+    async with router_harness(database_url, redis_url, redis_prefix) as running:
+        yield running
 
 
 def message(mid: str, text: str, ts: int, *, user: str = USER, echo: bool = False):  # type: ignore[no-untyped-def]

@@ -1,0 +1,114 @@
+"""A real router gRPC server on PostgreSQL and Redis, with a stand-in subscriptions service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from pagewire.kit.channels import open_channel
+from pagewire.kit.db import create_engine, sessions
+from pagewire.kit.grpcserver import start_server
+from pagewire.proto import events_pb2, router_pb2_grpc, subscriptions_pb2_grpc
+from services.router.fencing import Fences
+from services.router.history import History
+from services.router.mutex import RedisLocks, redis_client
+from services.router.pages import PageDirectory
+from services.router.routing import BeforeWrite, Router
+from services.router.server import SERVICE_NAME, RouterServiceServicer
+from tests.support.fakes import FakeSubscriptions, serve_fake_subscriptions
+
+PAGE = "109384756201938"
+USER = "7294015836620194"
+
+
+@dataclass
+class RouterHarness:
+    stub: router_pb2_grpc.RouterServiceStub
+    subscriptions: FakeSubscriptions
+    sessions: async_sessionmaker
+    router: Router
+
+    async def count(self, model) -> int:  # type: ignore[no-untyped-def]
+        async with self.sessions() as session:
+            return (await session.execute(select(func.count()).select_from(model))).scalar_one()
+
+
+@asynccontextmanager
+async def router_harness(
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    *,
+    ttl_ms: int = 5000,
+    wait_ms: int = 3000,
+    before_write: BeforeWrite | None = None,
+) -> AsyncIterator[RouterHarness]:
+    """Starts the pieces, yields the harness, and stops everything afterwards."""
+    fake = FakeSubscriptions()
+    subs = await serve_fake_subscriptions(fake)
+    channel = open_channel(f"127.0.0.1:{subs.port}")
+    engine = create_engine(database_url, "router")
+    factory = sessions(engine)
+    locks = RedisLocks(redis_client(redis_url), redis_prefix, ttl_ms=ttl_ms, wait_ms=wait_ms)
+    router = Router(
+        factory,
+        locks,
+        PageDirectory(subscriptions_pb2_grpc.SubscriptionsServiceStub(channel), 30, 2),
+        fences=Fences(engine),
+        before_write=before_write,
+    )
+    service = await start_server(
+        names=[SERVICE_NAME],
+        register=lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(
+            RouterServiceServicer(router, History(factory), factory), s
+        ),
+    )
+    router_channel = open_channel(f"127.0.0.1:{service.port}")
+    try:
+        yield RouterHarness(
+            router_pb2_grpc.RouterServiceStub(router_channel), fake, factory, router
+        )
+    finally:
+        await router_channel.close()
+        await service.stop(grace=1)
+        await locks.close()
+        await channel.close()
+        await subs.stop(grace=1)
+        await engine.dispose()
+
+
+def event(kind: str, event_id: str, ts: int, *, user: str = USER, **fields) -> events_pb2.Event:  # type: ignore[no-untyped-def]
+    """An event of `kind` (message, echo, edit, reaction, delivery, read, unsend, postback)."""
+    base = dict(
+        id=event_id,
+        platform=events_pb2.FACEBOOK,
+        page_id=PAGE,
+        user_id=user,
+        direction=events_pb2.INBOUND,
+        timestamp_ms=ts,
+        raw_json="{}",
+    )
+    if kind in ("message", "echo", "unsend"):
+        message = events_pb2.MessageEvent(
+            mid=fields.get("mid", event_id),
+            text=fields.get("text", ""),
+            is_echo=kind == "echo",
+            is_deleted=kind == "unsend",
+        )
+        direction = events_pb2.OUTBOUND if kind == "echo" else events_pb2.INBOUND
+        return events_pb2.Event(**{**base, "direction": direction}, message=message)
+    if kind == "edit":
+        return events_pb2.Event(**base, edit=events_pb2.EditEvent(**fields))
+    if kind == "reaction":
+        return events_pb2.Event(**base, reaction=events_pb2.ReactionEvent(**fields))
+    if kind == "delivery":
+        return events_pb2.Event(**base, delivery=events_pb2.DeliveryEvent(**fields))
+    if kind == "read":
+        return events_pb2.Event(**base, read=events_pb2.ReadEvent(**fields))
+    if kind == "postback":
+        return events_pb2.Event(**base, postback=events_pb2.PostbackEvent(**fields))
+    raise ValueError(kind)
