@@ -9,12 +9,13 @@ import hmac
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import grpc
 
-from pagewire.cliformat import dump_json, iso, table
+from pagewire.cliformat import dump_json, iso, table, to_dict
 from pagewire.kit.settings import SettingsError, env_secret, grpc_target, var_dir
 from pagewire.proto import (
     events_pb2,
@@ -57,16 +58,33 @@ async def _call(service: str, stub_type: type, method: str, request: object) -> 
             raise CliError(f"{service}: {exc.code().name}: {exc.details()}") from None
 
 
-def _read_token(path: str) -> str:
+def _read_token(path: str, option: str = "--token-file") -> str:
     """Tokens come from a file or stdin ('-'), never argv, which shows in `ps`."""
     try:
         raw = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise CliError(f"--token-file: cannot read {path}: {exc.strerror}", code=2) from None
+        raise CliError(f"{option}: cannot read {path}: {exc.strerror}", code=2) from None
     token = raw.strip()
     if not token:
-        raise CliError(f"--token-file: {path} is empty", code=2)
+        raise CliError(f"{option}: {path} is empty", code=2)
     return token
+
+
+_TOKEN_STATES = {
+    subscriptions_pb2.TOKEN_ACTIVE: "active",
+    subscriptions_pb2.TOKEN_REAUTH_REQUIRED: "REAUTH",
+    subscriptions_pb2.TOKEN_MISSING: "missing",
+    subscriptions_pb2.TOKEN_UNKNOWN: "unknown",
+}
+
+
+def _token_cell(p: subscriptions_pb2.Page) -> str:
+    if not p.HasField("token"):
+        return ""
+    cell = _TOKEN_STATES.get(p.token.state, "unknown")
+    if p.token.expires_at_ms:
+        cell += f" until {iso(p.token.expires_at_ms)[:10]}"
+    return cell
 
 
 def _page_rows(pages: list[subscriptions_pb2.Page]) -> str:
@@ -77,11 +95,24 @@ def _page_rows(pages: list[subscriptions_pb2.Page]) -> str:
             p.account_id,
             subscriptions_pb2.SubscriptionStatus.Name(p.status),
             ",".join(p.subscribed_fields),
-            p.last_error,
+            _token_cell(p),
+            iso(p.last_checked_at_ms)[:19],
+            str(p.repairs),
+            iso(p.activity.last_event_ms)[:19] if p.activity.known else "unknown",
+            p.last_error or (p.token.reason if p.HasField("token") else ""),
         )
         for p in pages
     ]
-    return table(rows, ("PLATFORM", "PAGE", "ACCOUNT", "STATUS", "FIELDS", "LAST ERROR"))
+    headers = ("PLATFORM", "PAGE", "ACCOUNT", "STATUS", "FIELDS", "TOKEN", "LAST CHECK")
+    return table(rows, (*headers, "REPAIRS", "LAST EVENT", "LAST ERROR"))
+
+
+def _expires_at_ms(expires_in_s: int | None) -> int:
+    if expires_in_s is None:
+        return 0
+    if expires_in_s <= 0:
+        raise CliError("--token-expires-in: must be a positive number of seconds", code=2)
+    return int(time.time() * 1000) + expires_in_s * 1000
 
 
 async def pages_connect(args: argparse.Namespace) -> str:
@@ -98,6 +129,7 @@ async def pages_connect(args: argparse.Namespace) -> str:
             page_token=token,
             subscribed_fields=fields,
             move=args.move,
+            token_expires_at_ms=_expires_at_ms(args.token_expires_in),
         ),
     )
     if args.json:
@@ -119,7 +151,7 @@ async def pages_list(args: argparse.Namespace) -> str:
         "subscriptions",
         subscriptions_pb2_grpc.SubscriptionsServiceStub,
         "ListPages",
-        subscriptions_pb2.ListPagesRequest(account_id=args.account or ""),
+        subscriptions_pb2.ListPagesRequest(account_id=args.account or "", with_details=True),
     )
     return dump_json(list(reply.pages)) if args.json else _page_rows(list(reply.pages))
 
@@ -129,7 +161,9 @@ async def pages_get(args: argparse.Namespace) -> str:
         "subscriptions",
         subscriptions_pb2_grpc.SubscriptionsServiceStub,
         "GetPage",
-        subscriptions_pb2.GetPageRequest(platform=_platform(args.platform), page_id=args.page_id),
+        subscriptions_pb2.GetPageRequest(
+            platform=_platform(args.platform), page_id=args.page_id, with_details=True
+        ),
     )
     return dump_json(reply.page) if args.json else _page_rows([reply.page])
 
@@ -140,14 +174,92 @@ async def pages_disconnect(args: argparse.Namespace) -> str:
         subscriptions_pb2_grpc.SubscriptionsServiceStub,
         "DisconnectPage",
         subscriptions_pb2.DisconnectPageRequest(
-            platform=_platform(args.platform), page_id=args.page_id
+            platform=_platform(args.platform), page_id=args.page_id, purge=args.purge
         ),
     )
     if args.json:
         return dump_json(reply)
     if reply.unsubscribed:
-        return f"page {args.page_id} disconnected and unsubscribed"
-    return f"page {args.page_id} disconnected; Graph unsubscribe failed: {reply.graph_error}"
+        line = f"page {args.page_id} disconnected and unsubscribed"
+    else:
+        line = f"page {args.page_id} disconnected; Graph unsubscribe failed: {reply.graph_error}"
+    if reply.purged:
+        line += (
+            f"; purged {reply.purged_conversations} conversation(s),"
+            f" {reply.purged_messages} message(s), {reply.purged_parked} parked event(s)"
+        )
+    elif args.purge:
+        raise CliError(f"{line}; stored data NOT purged: {reply.purge_error}")
+    return line
+
+
+async def pages_import(args: argparse.Namespace) -> str:
+    """Lists the Pages a user token manages and connects the chosen ones; the token is not kept."""
+    if args.all and args.page_id:
+        raise CliError("give --page-id or --all, not both", code=2)
+    for page_id in args.page_id or []:
+        if not page_id.isdigit():
+            raise CliError(f"--page-id: {page_id!r} is not a page id (digits)", code=2)
+    token = _read_token(args.user_token_file, "--user-token-file")
+    fields = [f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else []
+    reply = await _call(
+        "subscriptions",
+        subscriptions_pb2_grpc.SubscriptionsServiceStub,
+        "ImportPages",
+        subscriptions_pb2.ImportPagesRequest(
+            user_token=token,
+            account_id=args.account,
+            page_ids=args.page_id or [],
+            all=args.all,
+            move=args.move,
+            subscribed_fields=fields,
+        ),
+    )
+    if args.json:
+        return dump_json(reply)
+    connected = {p.page_id: p for p in reply.connected}
+    rows = []
+    for page in reply.available:
+        done = connected.get(page.page_id)
+        state = subscriptions_pb2.SubscriptionStatus.Name(done.status) if done else ""
+        owner = page.connected_account_id
+        rows.append((page.page_id, page.name, ",".join(page.tasks), owner, state))
+    lines = [table(rows, ("PAGE", "NAME", "TASKS", "ACCOUNT", "CONNECTED NOW"))]
+    if not connected:
+        lines.append("nothing connected: choose pages with --page-id ID (repeatable) or --all")
+    return "\n".join(lines)
+
+
+async def pages_reconcile(args: argparse.Namespace) -> str:
+    if args.page_id and not args.platform:
+        raise CliError("--page-id needs --platform", code=2)
+    reply = await _call(
+        "subscriptions",
+        subscriptions_pb2_grpc.SubscriptionsServiceStub,
+        "Reconcile",
+        subscriptions_pb2.ReconcileRequest(
+            platform=_platform(args.platform) if args.platform else 0,
+            page_id=args.page_id or "",
+            account_id=args.account or "",
+        ),
+    )
+    if args.json:
+        return dump_json(reply)
+    rows = [
+        (
+            events_pb2.Platform.Name(c.platform).lower(),
+            c.page_id,
+            subscriptions_pb2.CheckOutcome.Name(c.outcome).removeprefix("CHECK_"),
+            ("token refreshed; " if c.token_refreshed else "") + c.detail,
+        )
+        for c in reply.pages
+    ]
+    summary = (
+        f"checked {reply.checked}: {reply.ok} ok, {reply.repaired} repaired,"
+        f" {reply.reauth_required} need re-authorization, {reply.failed} failed,"
+        f" {reply.skipped} skipped"
+    )
+    return table(rows, ("PLATFORM", "PAGE", "RESULT", "DETAIL")) + "\n" + summary
 
 
 async def conversations_list(args: argparse.Namespace) -> str:
@@ -211,6 +323,32 @@ async def messages_list(args: argparse.Namespace) -> str:
         for m in items
     ]
     return table(rows, ("META TIME", "DIRECTION", "STATUS", "MID", "TEXT"))
+
+
+async def events_tail(args: argparse.Namespace) -> str:
+    """Prints an account's changes after a cursor, then new ones as they commit (Ctrl-C stops)."""
+    target = grpc_target(os.environ, "router", PORTS["router"])
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = router_pb2_grpc.RouterServiceStub(channel).StreamEvents(
+            router_pb2.StreamEventsRequest(account_id=args.account, after_cursor=args.after)
+        )
+        try:
+            async for change in call:
+                if args.json:
+                    print(json.dumps(to_dict(change), ensure_ascii=False), flush=True)
+                    continue
+                message = change.message
+                what = message.text or message.mid or change.event.kind
+                print(
+                    f"{change.cursor:>8}  {router_pb2.ChangeKind.Name(change.kind):<22}"
+                    f"  {change.conversation.page_id}:{change.conversation.user_id}  {what}",
+                    flush=True,
+                )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise CliError(f"cannot reach the router service at {target}", code=3) from None
+            raise CliError(f"router: {exc.code().name}: {exc.details()}") from None
+    return ""
 
 
 def _app_secret(environ: Mapping[str, str], instagram: bool) -> bytes:
@@ -308,12 +446,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--token-file", required=True, help="file holding the page token ('-': stdin)")
     sub.add_argument("--fields", help="comma-separated webhook fields (default: all we handle)")
     sub.add_argument("--move", action="store_true", help="allow moving from another account")
-    sub = command(pages, "list", pages_list, "list page connections")
+    sub.add_argument(
+        "--token-expires-in",
+        type=int,
+        metavar="SECONDS",
+        help="the token's lifetime as Meta gave it (expires_in), e.g. for Instagram Login",
+    )
+    sub = command(
+        pages, "list", pages_list, "list pages: status, fields, token, last check and event"
+    )
     sub.add_argument("--account")
     page_args(command(pages, "get", pages_get, "show one page connection"))
-    page_args(
-        command(pages, "disconnect", pages_disconnect, "unsubscribe a page, forget its token")
+    sub = command(pages, "disconnect", pages_disconnect, "unsubscribe a page, forget its token")
+    page_args(sub)
+    sub.add_argument(
+        "--purge", action="store_true", help="also delete its stored conversations and messages"
     )
+    sub = command(
+        pages, "import", pages_import, "connect Pages listed by a user token (/me/accounts)"
+    )
+    sub.add_argument(
+        "--user-token-file",
+        required=True,
+        help="file holding a Facebook user token ('-': stdin); used once, never stored",
+    )
+    sub.add_argument("--account", required=True)
+    sub.add_argument("--page-id", action="append", help="a Page to connect (repeatable)")
+    sub.add_argument("--all", action="store_true", help="connect every Page the user manages")
+    sub.add_argument("--fields", help="comma-separated webhook fields (default: all we handle)")
+    sub.add_argument("--move", action="store_true", help="allow moving from another account")
+    sub = command(
+        pages, "reconcile", pages_reconcile, "check pages against Graph now and repair them"
+    )
+    sub.add_argument("--platform", choices=sorted(PLATFORMS))
+    sub.add_argument("--page-id")
+    sub.add_argument("--account")
 
     conversations = groups.add_parser("conversations", help="stored conversations")
     sub = command(
@@ -339,6 +506,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--user", help="PSID / IGSID (with --page-id)")
     sub.add_argument("--platform", choices=sorted(PLATFORMS))
     sub.add_argument("--limit", type=int, default=100)
+
+    events = groups.add_parser("events", help="the change feed")
+    sub = command(
+        events.add_subparsers(dest="action", required=True),
+        "tail",
+        events_tail,
+        "follow an account's changes (messages, statuses, reactions, edits) from a cursor",
+    )
+    sub.add_argument("--account", required=True)
+    sub.add_argument("--after", type=int, default=0, help="last cursor already processed")
 
     webhook = groups.add_parser("webhook", help="test webhooks")
     sub = command(
