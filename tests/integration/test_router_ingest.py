@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from pagewire.proto import events_pb2, router_pb2
+from services.router.mutex import RedisLocks, redis_client
 from services.router.store import Contact, Conversation, EventLog, Message, ParkedEvent
 from tests.support.routerharness import PAGE, USER, RouterHarness, router_harness
 
@@ -190,3 +191,53 @@ async def test_page_activity_and_purge(harness: RouterHarness) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await harness.stub.PurgePage(router_pb2.PurgePageRequest(page_id="x"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_lock_wait_exceeded_is_aborted_and_stores_nothing(
+    database_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    async with router_harness(database_url, redis_url, redis_prefix, wait_ms=200) as harness:
+        harness.subscriptions.connect(PAGE, "acme")
+        other_replica = RedisLocks(redis_client(redis_url), redis_prefix, ttl_ms=10_000, wait_ms=0)
+        token = await other_replica.acquire(f"facebook:{PAGE}:{USER}")
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await harness.stub.Ingest(
+                    router_pb2.IngestRequest(events=[message("m_busy", "busy", 1000)])
+                )
+            assert caught.value.code() == grpc.StatusCode.ABORTED
+            assert await harness.count(Message) == 0
+        finally:
+            await other_replica.release(f"facebook:{PAGE}:{USER}", token)
+            await other_replica.close()
+
+
+async def test_a_page_needing_reauthorization_still_stores_events(harness: RouterHarness) -> None:
+    from pagewire.proto import subscriptions_pb2
+
+    harness.subscriptions.connect(PAGE, "acme", status=subscriptions_pb2.REAUTH_REQUIRED)
+    reply = await harness.stub.Ingest(
+        router_pb2.IngestRequest(events=[message("m_reauth", "still here", 1000)])
+    )
+    assert (reply.stored, reply.parked) == (1, 0)
+    assert await harness.count(Message) == 1
+
+
+async def test_unknown_kinds_are_stored_raw_not_refused(harness: RouterHarness) -> None:
+    harness.subscriptions.connect(PAGE, "acme")
+    item = events_pb2.Event(
+        id="game_play:1",
+        platform=events_pb2.FACEBOOK,
+        page_id=PAGE,
+        user_id=USER,
+        direction=events_pb2.INBOUND,
+        timestamp_ms=1000,
+        raw_json='{"game_play":{"game_id":"1"}}',
+        unsupported=events_pb2.UnsupportedEvent(kind="game_play"),
+    )
+    reply = await harness.stub.Ingest(router_pb2.IngestRequest(events=[item]))
+    assert reply.stored == 1
+    listed = await harness.stub.ListEvents(router_pb2.ListEventsRequest(page_id=PAGE))
+    assert [(e.kind, e.raw_json) for e in listed.events] == [
+        ("game_play", '{"game_play":{"game_id":"1"}}')
+    ]

@@ -13,10 +13,18 @@ class FakeSubscriptions(subscriptions_pb2_grpc.SubscriptionsServiceServicer):
 
     def __init__(self) -> None:
         self.pages: dict[tuple[int, str], str] = {}
+        self.statuses: dict[tuple[int, str], int] = {}
         self.get_page_calls = 0
 
-    def connect(self, page_id: str, account: str, platform: int = events_pb2.FACEBOOK) -> None:
+    def connect(
+        self,
+        page_id: str,
+        account: str,
+        platform: int = events_pb2.FACEBOOK,
+        status: int = subscriptions_pb2.SUBSCRIBED,
+    ) -> None:
         self.pages[(platform, page_id)] = account
+        self.statuses[(platform, page_id)] = status
 
     async def GetPage(self, request, context):  # type: ignore[no-untyped-def]
         self.get_page_calls += 1
@@ -28,7 +36,7 @@ class FakeSubscriptions(subscriptions_pb2_grpc.SubscriptionsServiceServicer):
                 platform=request.platform,
                 page_id=request.page_id,
                 account_id=account,
-                status=subscriptions_pb2.SUBSCRIBED,
+                status=self.statuses[(request.platform, request.page_id)],
             )
         )
 
