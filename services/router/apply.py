@@ -89,34 +89,51 @@ class Applier:
         self.page_id = conversation.page_id if conversation else ""
         self.now = now
         self.out = Applied()
+        # Marks and edits of the group's mids, read once up front and kept current as the
+        # group writes them, instead of a query per message.
+        self._mark_cache: dict[str, set[str]] = {}
+        self._edit_cache: dict[str, list[tuple[int, int, str, str]]] = {}
 
-    async def apply(self, event: events_pb2.Event) -> None:
-        """Logs the event once (its unique id makes redelivery a no-op), then applies it."""
-        self.page_id = event.page_id
-        kind = event_kind(event)
+    async def apply_all(self, events: list[events_pb2.Event]) -> None:
+        """Logs the group's events in one statement (their unique ids make redelivery a
+        no-op), then applies each newly logged one in order."""
+        if not events:
+            return
+        rows = [
+            {
+                "platform": self.platform,
+                "page_id": event.page_id,
+                "user_id": event.user_id,
+                "event_id": event.id,
+                "kind": event_kind(event),
+                "direction": events_pb2.Direction.Name(event.direction),
+                "timestamp_ms": event.timestamp_ms,
+                "conversation_id": self.conv.id if self.conv else None,
+                "standby": event.standby,
+                "raw_json": event.raw_json,
+                "received_at_ms": event.received_at_ms,
+                "stored_at_ms": self.now,
+            }
+            for event in events
+        ]
         logged = await self.s.execute(
             insert_ignoring_duplicates(self.s, EventLog)
-            .values(
-                platform=self.platform,
-                page_id=event.page_id,
-                user_id=event.user_id,
-                event_id=event.id,
-                kind=kind,
-                direction=events_pb2.Direction.Name(event.direction),
-                timestamp_ms=event.timestamp_ms,
-                conversation_id=self.conv.id if self.conv else None,
-                standby=event.standby,
-                raw_json=event.raw_json,
-                received_at_ms=event.received_at_ms,
-                stored_at_ms=self.now,
-            )
-            .returning(EventLog.id)
+            .values(rows)
+            .returning(EventLog.event_id, EventLog.id)
         )
-        row_id = logged.scalar_one_or_none()
-        if row_id is None:
-            self.out.duplicates += 1
-            return
-        self.out.stored += 1
+        new = {event_id: row_id for event_id, row_id in logged.all()}
+        self.page_id = events[0].page_id
+        await self._prefetch(events)
+        for event in events:
+            # pop: the same id twice in one call is stored once, counted once as a duplicate.
+            row_id = new.pop(event.id, None)
+            if row_id is None:
+                self.out.duplicates += 1
+                continue
+            self.out.stored += 1
+            await self._apply_one(event, row_id)
+
+    async def _apply_one(self, event: events_pb2.Event, row_id: int) -> None:
         conv = self.conv
         if conv is None:
             self.out.change("EVENT_STORED", None, event_row=row_id)
@@ -144,7 +161,56 @@ class Applier:
 
     # -- messages -----------------------------------------------------------------------
 
+    async def _prefetch(self, events: list[events_pb2.Event]) -> None:
+        mids: set[str] = set()
+        for event in events:
+            which = event.WhichOneof("kind")
+            if which == "message":
+                mids.add(event.message.mid or event.id)
+            elif which == "postback":
+                mids.add(event.postback.mid or event.id)
+            elif which == "edit":
+                mids.add(event.edit.mid)
+            elif which == "delivery":
+                mids.update(event.delivery.mids)
+            elif which == "read" and event.read.mid:
+                mids.add(event.read.mid)
+        mids.discard("")
+        if not mids:
+            return
+        for mid in mids:
+            self._mark_cache[mid] = set()
+            self._edit_cache[mid] = []
+        wanted = list(mids)
+        marks = await self.s.execute(
+            select(MessageMark.mid, MessageMark.mark).where(
+                MessageMark.platform == self.platform,
+                MessageMark.page_id == self.page_id,
+                MessageMark.mid.in_(wanted),
+            )
+        )
+        for mid, mark in marks.all():
+            self._mark_cache[mid].add(mark)
+        edits = await self.s.execute(
+            select(
+                MessageEdit.mid,
+                MessageEdit.num_edit,
+                MessageEdit.timestamp_ms,
+                MessageEdit.event_id,
+                MessageEdit.text,
+            ).where(
+                MessageEdit.platform == self.platform,
+                MessageEdit.page_id == self.page_id,
+                MessageEdit.mid.in_(wanted),
+            )
+        )
+        for mid, num_edit, timestamp_ms, event_id, text in edits.all():
+            self._edit_cache[mid].append((num_edit, timestamp_ms, event_id, text))
+
     async def _marks(self, mid: str) -> set[str]:
+        cached = self._mark_cache.get(mid)
+        if cached is not None:
+            return cached
         rows = await self.s.execute(
             select(MessageMark.mark).where(
                 MessageMark.platform == self.platform,
@@ -160,6 +226,8 @@ class Applier:
                 platform=self.platform, page_id=self.page_id, mid=mid, mark=mark
             )
         )
+        if mid in self._mark_cache:
+            self._mark_cache[mid].add(mark)
 
     async def _message(self, event: events_pb2.Event) -> None:
         conv = self.conv
@@ -226,22 +294,23 @@ class Applier:
             await self._advance_read(event.timestamp_ms)
 
     async def _latest_edit_text(self, mid: str, default: str) -> str:
-        latest = await self.s.execute(
-            select(MessageEdit.text)
-            .where(
-                MessageEdit.platform == self.platform,
-                MessageEdit.page_id == self.page_id,
-                MessageEdit.mid == mid,
+        """The text of the newest edit: highest num_edit, then timestamp, then event id."""
+        edits = self._edit_cache.get(mid)
+        if edits is None:
+            rows = await self.s.execute(
+                select(
+                    MessageEdit.num_edit,
+                    MessageEdit.timestamp_ms,
+                    MessageEdit.event_id,
+                    MessageEdit.text,
+                ).where(
+                    MessageEdit.platform == self.platform,
+                    MessageEdit.page_id == self.page_id,
+                    MessageEdit.mid == mid,
+                )
             )
-            .order_by(
-                MessageEdit.num_edit.desc(),
-                MessageEdit.timestamp_ms.desc(),
-                MessageEdit.event_id.desc(),
-            )
-            .limit(1)
-        )
-        text = latest.scalar_one_or_none()
-        return default if text is None else text
+            edits = [tuple(row) for row in rows.all()]  # type: ignore[misc]
+        return max(edits)[3] if edits else default
 
     async def _stored_message(self, mid: str) -> Message | None:
         return (
@@ -268,6 +337,10 @@ class Applier:
                 timestamp_ms=event.timestamp_ms,
             )
         )
+        if edit.mid in self._edit_cache:
+            self._edit_cache[edit.mid].append(
+                (edit.num_edit, event.timestamp_ms, event.id, "" if deleted else edit.text)
+            )
         message = await self._stored_message(edit.mid)
         if message is None or message.deleted:
             return
@@ -285,6 +358,8 @@ class Applier:
             )
             .values(text="")
         )
+        if mid in self._edit_cache:
+            self._edit_cache[mid] = [(n, t, e, "") for n, t, e, _ in self._edit_cache[mid]]
         message = await self._stored_message(mid)
         if message is None or message.deleted:
             return

@@ -362,8 +362,7 @@ class Router:
         applier = Applier(session, conversation, platform_name(platform), now)
         if created and conversation is not None:
             applier.out.change("CONVERSATION_CREATED", conversation.id)
-        for event in events:
-            await applier.apply(event)
+        await applier.apply_all(list(events))
         await session.flush()
         await feed.record(session, account, applier.out.changes, now)
         return applier.out

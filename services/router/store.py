@@ -253,6 +253,21 @@ async def find_or_create_conversation(
     session: AsyncSession, account_id: str, platform: str, page_id: str, user_id: str, now: int
 ) -> tuple[Conversation, bool]:
     """The conversation, locked for this transaction, and whether it was just created."""
+    # FOR UPDATE: the row lock orders writers of this conversation, so the fence check
+    # that follows sees the latest writer's fence (SQLite serializes writers anyway).
+    locked = (
+        select(Conversation)
+        .where(
+            Conversation.platform == platform,
+            Conversation.page_id == page_id,
+            Conversation.user_id == user_id,
+        )
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    existing = (await session.execute(locked)).scalar_one_or_none()
+    if existing is not None:
+        return existing, False
     contact_id = await find_or_create_contact(session, platform, page_id, user_id, now)
     created = await session.execute(
         insert_ignoring_duplicates(session, Conversation)
@@ -274,18 +289,4 @@ async def find_or_create_conversation(
         .returning(Conversation.id)
     )
     was_created = created.scalar_one_or_none() is not None
-    # FOR UPDATE: the row lock orders writers of this conversation, so the fence check
-    # below it sees the latest writer's fence (SQLite serializes writers anyway).
-    conversation = (
-        await session.execute(
-            select(Conversation)
-            .where(
-                Conversation.platform == platform,
-                Conversation.page_id == page_id,
-                Conversation.user_id == user_id,
-            )
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one()
-    return conversation, was_created
+    return (await session.execute(locked)).scalar_one(), was_created
