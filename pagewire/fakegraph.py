@@ -1,15 +1,23 @@
-"""A local stand-in for the Graph API's `subscribed_apps` edge, in Graph's own shapes.
+"""A local stand-in for the Graph API calls Pagewire makes, in Graph's own shapes.
 
-Used by the tests (in-process, through `start()`) and by `pagewire fake-graph`
-(`serve()`). It records every Graph request it receives and can be told to
-fail through a small control API under `/_fake/`:
+Graph routes: `/{version}/{id}/subscribed_apps` (POST, GET, DELETE; state per
+page), `/{version}/me/accounts` (cursor paging), `/debug_token`, and
+`graph.instagram.com/refresh_access_token`. Used by the tests (in-process,
+through `start()`) and by `pagewire fake-graph` (`serve()`). It records every
+Graph request it receives and is steered through a control API under `/_fake/`:
 
-    GET  /_fake/requests   every recorded Graph request, oldest first
-    GET  /_fake/pages      subscriptions by page id
-    POST /_fake/reset      forget requests, pages and failures
-    POST /_fake/fail       {"method", "path_contains", "status", "error" | "preset" | "body",
-                            "times", "delay_s", "headers"} — the next matching requests fail
-                            (or, with "body", get that JSON instead of the normal answer)
+    GET  /_fake/requests    every recorded Graph request, oldest first
+    GET  /_fake/pages       subscriptions by page id
+    POST /_fake/reset       forget requests, pages, failures and users
+    POST /_fake/fail        {"method", "path_contains", "status", "error" | "preset" | "body",
+                             "times", "delay_s", "headers"} — the next matching requests fail
+                             (or, with "body", get that JSON instead of the normal answer;
+                             with only "delay_s", answer slowly)
+    POST /_fake/unsubscribe {"page_id", "fields"?} — Meta silently drops the page's
+                             subscription (or only those fields), as it does to a webhook
+                             that kept failing
+    POST /_fake/accounts    {"user_token", "pages": [{"id", "name", "access_token", ...}]}
+                             — the Pages `/me/accounts` lists for that user token
 
 Presets are the error bodies Meta sends (../shared/fixtures/graph); they are
 embedded here so the server needs nothing outside this repository.
@@ -18,15 +26,17 @@ embedded here so the server needs nothing outside this repository.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import secrets
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import uvicorn
 from starlette.applications import Starlette
@@ -114,6 +124,39 @@ PRESET_HEADERS: dict[str, dict[str, str]] = {
         ),
     }
 }
+# The Pages of fixtures/graph/me_accounts_page{1,2}.json: what /me/accounts lists for a
+# user token nobody registered, so `pagewire pages import` works against `pagewire fake-graph`.
+DEFAULT_ACCOUNTS: list[dict[str, Any]] = [
+    {
+        "access_token": "EAAGpage1tokenXXXXXXXXXXXXXXXXXXXXXXXX",
+        "category": "Clothing store",
+        "category_list": [{"id": "2236", "name": "Clothing store"}],
+        "name": "Acme Shoes",
+        "id": "109384756201938",
+        "tasks": ["ANALYZE", "ADVERTISE", "MESSAGING", "MODERATE", "CREATE_CONTENT", "MANAGE"],
+    },
+    {
+        "access_token": "EAAGpage2tokenXXXXXXXXXXXXXXXXXXXXXXXX",
+        "category": "Restaurant",
+        "category_list": [{"id": "273819889375819", "name": "Restaurant"}],
+        "name": "Acme Diner",
+        "id": "117465829304716",
+        "tasks": ["ANALYZE", "MESSAGING", "MODERATE", "CREATE_CONTENT"],
+    },
+    {
+        "access_token": "EAAGpage3tokenXXXXXXXXXXXXXXXXXXXXXXXX",
+        "category": "Bakery",
+        "category_list": [{"id": "197048876984433", "name": "Bakery"}],
+        "name": "Acme Bakery",
+        "id": "126374859203746",
+        "tasks": ["MESSAGING", "MODERATE"],
+    },
+]
+ACCOUNTS_DEFAULT_LIMIT = 25
+# fixtures/graph/ig_refresh_token.json: a refreshed Instagram Login token lives ~60 days.
+IG_REFRESH_EXPIRES_IN = 5183944
+IG_REFRESH_PERMISSIONS = "instagram_business_basic,instagram_business_manage_messages"
+
 # "500" is an answer with no Graph error body at all, as a failing proxy or edge gives.
 PRESET_NAMES = (*PRESETS, "500")
 
@@ -225,6 +268,17 @@ class FakeGraphState:
     # page id → {"subscribed_fields": [...], "token": bearer of the last POST}
     pages: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
+    # user token → the Pages /me/accounts lists; unknown tokens get `default_accounts`.
+    accounts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    default_accounts: list[dict[str, Any]] = field(
+        default_factory=lambda: [dict(page) for page in DEFAULT_ACCOUNTS]
+    )
+    # The most Pages one /me/accounts answer holds, whatever `limit` asks (Graph caps it too).
+    accounts_page_size: int = 25
+    # Instagram tokens handed out by refresh_access_token: (old token, new token).
+    refreshed: list[tuple[str, str]] = field(default_factory=list)
+    # Seconds since the epoch for request timestamps; tests share a virtual clock with it.
+    clock: Callable[[], float] = time.time
     # Set on stop, so a delayed answer ends at once instead of holding shutdown.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -232,6 +286,24 @@ class FakeGraphState:
         self.requests.clear()
         self.pages.clear()
         self.failures.clear()
+        self.accounts.clear()
+        self.refreshed.clear()
+        self.default_accounts = [dict(page) for page in DEFAULT_ACCOUNTS]
+        self.accounts_page_size = 25
+
+    def unsubscribe(self, page_id: str, fields: list[str] | None = None) -> None:
+        """Meta drops the app from the page (or only `fields`), telling nobody."""
+        page = self.pages.get(page_id)
+        if page is None:
+            return
+        if fields is None:
+            del self.pages[page_id]
+        else:
+            page["subscribed_fields"] = [f for f in page["subscribed_fields"] if f not in fields]
+
+    def set_accounts(self, user_token: str, pages: list[dict[str, Any]]) -> None:
+        """The Pages `/me/accounts` lists for `user_token`."""
+        self.accounts[user_token] = [dict(page) for page in pages]
 
     def fail(self, **rule: Any) -> Failure:
         """Adds a failure rule (same keys as POST /_fake/fail)."""
@@ -287,19 +359,40 @@ async def _record(state: FakeGraphState, request: Request) -> dict[str, Any]:
         "has_authorization": has_auth,
         "bearer_token": bearer,
         "host": request.headers.get("host", ""),
-        "time_ms": int(time.time() * 1000),
+        "time_ms": int(state.clock() * 1000),
     }
     state.requests.append(entry)
     return entry
 
 
-def _failure_response(failure: Failure) -> Response:
+def _object_id(path: str) -> str:
+    """The page or account id a Graph path is about (the first numeric segment)."""
+    for part in path.split("/"):
+        if part.isdigit():
+            return part
+    return ""
+
+
+def _preset_headers(preset: str, path: str) -> dict[str, str]:
+    headers = dict(PRESET_HEADERS.get(preset, {}))
+    usage = headers.get("X-Business-Use-Case-Usage")
+    object_id = _object_id(path)
+    if usage and object_id:
+        # Graph keys business use case usage by the object called about.
+        (entries,) = json.loads(usage).values()
+        headers["X-Business-Use-Case-Usage"] = json.dumps(
+            {object_id: entries}, separators=(",", ":")
+        )
+    return headers
+
+
+def _failure_response(failure: Failure, path: str) -> Response:
     if failure.body is not None:
         return JSONResponse(failure.body, status_code=failure.status, headers=failure.headers)
     if failure.preset == "500":
         return PlainTextResponse("Internal Server Error", status_code=failure.status)
     error = failure.error if failure.error is not None else PRESETS.get(failure.preset or "", {})
-    headers = {**PRESET_HEADERS.get(failure.preset or "", {}), **failure.headers}
+    headers = {**_preset_headers(failure.preset or "", path), **failure.headers}
     return _graph_error(dict(error), failure.status, **headers)
 
 
@@ -334,7 +427,7 @@ def create_app(state: FakeGraphState) -> Starlette:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.stopping.wait(), failure.delay_s)
         if failure is not None and failure.answers:
-            return _failure_response(failure)
+            return _failure_response(failure, request.url.path)
         return _answer(state, request, entry)
 
     async def requests(request: Request) -> Response:
@@ -360,35 +453,157 @@ def create_app(state: FakeGraphState) -> Starlette:
         state.failures.append(failure)
         return JSONResponse({"ok": True, "failure": failure.describe()})
 
+    async def unsubscribe(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            body = None
+        page_id = body.get("page_id") if isinstance(body, dict) else None
+        fields = body.get("fields") if isinstance(body, dict) else None
+        if not isinstance(page_id, str) or not page_id.isdigit():
+            return JSONResponse({"ok": False, "error": "page_id (digits) is required"}, 400)
+        if fields is not None and not (
+            isinstance(fields, list) and all(isinstance(f, str) for f in fields)
+        ):
+            return JSONResponse({"ok": False, "error": "fields must be a list of names"}, 400)
+        if page_id not in state.pages:
+            return JSONResponse({"ok": False, "error": f"page {page_id} is not subscribed"}, 404)
+        state.unsubscribe(page_id, fields)
+        return JSONResponse({"ok": True})
+
+    async def accounts(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            body = None
+        token = body.get("user_token") if isinstance(body, dict) else None
+        pages = body.get("pages") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            return JSONResponse({"ok": False, "error": "user_token is required"}, 400)
+        if not isinstance(pages, list) or not all(
+            isinstance(p, dict) and str(p.get("id", "")).isdigit() for p in pages
+        ):
+            return JSONResponse({"ok": False, "error": "pages must be objects with an id"}, 400)
+        state.set_accounts(token, pages)
+        return JSONResponse({"ok": True})
+
     return Starlette(
         routes=[
             Route("/_fake/requests", requests, methods=["GET"]),
             Route("/_fake/pages", pages, methods=["GET"]),
             Route("/_fake/reset", reset, methods=["POST"]),
             Route("/_fake/fail", fail, methods=["POST"]),
+            Route("/_fake/unsubscribe", unsubscribe, methods=["POST"]),
+            Route("/_fake/accounts", accounts, methods=["POST"]),
             Route("/{path:path}", graph, methods=["GET", "POST", "DELETE"]),
         ]
     )
 
 
+def _unknown_path(parts: list[str]) -> Response:
+    return _graph_error(
+        {
+            "message": f"Unknown path components: /{'/'.join(parts)}",
+            "type": "OAuthException",
+            "code": 2500,
+            "fbtrace_id": "FakeGraphUnknownPath00",
+        }
+    )
+
+
 def _answer(state: FakeGraphState, request: Request, entry: dict[str, Any]) -> Response:
     parts = [part for part in request.url.path.split("/") if part]
-    # /{version}/{id}/subscribed_apps, the version optional as Graph allows.
+    # /{version}/..., the version optional as Graph allows.
     if parts and parts[0].startswith("v") and parts[0][1:2].isdigit():
         parts = parts[1:]
-    if len(parts) != 2 or parts[1] != "subscribed_apps":
-        return _graph_error(
-            {
-                "message": f"Unknown path components: /{'/'.join(parts)}",
-                "type": "OAuthException",
-                "code": 2500,
-                "fbtrace_id": "FakeGraphUnknownPath00",
-            }
-        )
-    page_id = parts[0]
     token = _token_of(entry)
     if token is None:
         return _graph_error(_NO_TOKEN if not entry["has_authorization"] else _INVALID_TOKEN)
+    if parts == ["me", "accounts"] and request.method == "GET":
+        return _accounts(state, request, token)
+    if parts == ["refresh_access_token"] and request.method == "GET":
+        return _refresh(state, entry, token)
+    if parts == ["debug_token"] and request.method == "GET":
+        return _debug_token(entry)
+    if len(parts) != 2 or parts[1] != "subscribed_apps" or not parts[0].isdigit():
+        return _unknown_path(parts)
+    return _subscribed_apps(state, request, entry, parts[0], token)
+
+
+def _accounts(state: FakeGraphState, request: Request, token: str) -> Response:
+    """`/me/accounts` with cursor paging: `limit`, `after`, and `paging.next` while more."""
+    pages = state.accounts.get(token, state.default_accounts)
+    try:
+        asked = int(request.query_params.get("limit", ACCOUNTS_DEFAULT_LIMIT))
+        limit = max(1, min(state.accounts_page_size, asked))
+        after = request.query_params.get("after", "")
+        start = int(base64.urlsafe_b64decode(after.encode()).decode()) if after else 0
+    except ValueError:
+        return _graph_error(dict(PRESETS["100"]))
+    chunk = pages[start : start + limit]
+    body: dict[str, Any] = {"data": chunk}
+    cursor = base64.urlsafe_b64encode(str(start + len(chunk)).encode()).decode()
+    before = base64.urlsafe_b64encode(str(start).encode()).decode()
+    body["paging"] = {"cursors": {"before": before, "after": cursor}}
+    if start + limit < len(pages):
+        query = urlencode({"access_token": "REDACTED", "limit": limit, "after": cursor})
+        body["paging"]["next"] = f"{request.base_url}v25.0/me/accounts?{query}"
+    return JSONResponse(body)
+
+
+def _refresh(state: FakeGraphState, entry: dict[str, Any], token: str) -> Response:
+    """graph.instagram.com/refresh_access_token: a new long-lived token for the old one."""
+    if entry["query"].get("grant_type") != "ig_refresh_token":
+        return _graph_error(
+            {
+                "message": "Invalid grant_type; expected ig_refresh_token",
+                "type": "OAuthException",
+                "code": 100,
+                "fbtrace_id": "FakeGraphGrantType0000",
+            }
+        )
+    new = "IGAArefreshed" + secrets.token_hex(16)
+    state.refreshed.append((token, new))
+    return JSONResponse(
+        {
+            "access_token": new,
+            "token_type": "bearer",
+            "expires_in": IG_REFRESH_EXPIRES_IN,
+            "permissions": IG_REFRESH_PERMISSIONS,
+        }
+    )
+
+
+def _debug_token(entry: dict[str, Any]) -> Response:
+    """`/debug_token?input_token=…` in the shape of fixtures/graph/debug_token.json."""
+    if not entry["query"].get("input_token"):
+        return _graph_error(dict(PRESETS["100"]))
+    now = int(time.time())
+    return JSONResponse(
+        {
+            "data": {
+                "app_id": FAKE_APP_ID,
+                "type": "PAGE",
+                "application": _APP["name"],
+                "data_access_expires_at": now + 90 * 86400,
+                "expires_at": 0,
+                "is_valid": True,
+                "issued_at": now,
+                "scopes": [
+                    "pages_messaging",
+                    "pages_manage_metadata",
+                    "pages_show_list",
+                    "pages_read_engagement",
+                ],
+                "user_id": "1029384756",
+            }
+        }
+    )
+
+
+def _subscribed_apps(
+    state: FakeGraphState, request: Request, entry: dict[str, Any], page_id: str, token: str
+) -> Response:
     if request.method == "POST":
         fields = _fields_of(entry)
         if not fields:

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pagewire.graph import GraphSettings
 from pagewire.kit.settings import (
     PREFIX,
     SettingsError,
@@ -15,6 +16,7 @@ from pagewire.kit.settings import (
     env_str,
     grpc_target,
 )
+from services.subscriptions.reconcile import ReconcileSettings
 
 # Messenger's names are plural (messaging_referrals), Instagram's singular (messaging_referral).
 FACEBOOK_FIELDS = (
@@ -41,14 +43,6 @@ INSTAGRAM_FIELDS = (
 )
 
 FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_VERSION = re.compile(r"v[0-9]{1,3}\.[0-9]{1,2}")
-
-
-def _url(environ: Mapping[str, str], name: str, default: str) -> str:
-    value = env_str(environ, name, default).rstrip("/")
-    if not value.startswith(("https://", "http://")) or "?" in value or "#" in value:
-        raise SettingsError(f"{PREFIX}{name} must be an http(s) base URL without a query")
-    return value
 
 
 def _fields(environ: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -69,10 +63,8 @@ class SubscriptionsSettings:
     """Where the service listens and stores, and how it reaches Graph, tokens and router."""
 
     database_url: str = field(repr=False)  # may carry a password
-    graph_url: str = "https://graph.facebook.com"
-    instagram_graph_url: str = "https://graph.instagram.com"
-    graph_version: str = "v25.0"
-    graph_timeout_s: float = 10.0
+    graph: GraphSettings = field(default_factory=GraphSettings)
+    reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
     tokens_target: str = "127.0.0.1:50052"
     router_target: str = "127.0.0.1:50051"
     rpc_timeout_s: float = 2.0
@@ -90,17 +82,17 @@ class SubscriptionsSettings:
         """Fields subscribed when ConnectPage names none, by platform name."""
         return {"FACEBOOK": self.facebook_fields, "INSTAGRAM": self.instagram_fields}
 
+    @property
+    def app_ids(self) -> dict[str, str]:
+        """Our app's id per platform, as GET subscribed_apps lists it ("" when not set)."""
+        return {"FACEBOOK": self.graph.app_id, "INSTAGRAM": self.graph.instagram_app_id}
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> SubscriptionsSettings:
-        version = env_str(environ, "GRAPH_VERSION", "v25.0")
-        if not _VERSION.fullmatch(version):
-            raise SettingsError(f"{PREFIX}GRAPH_VERSION must look like v25.0, got {version!r}")
         return cls(
             database_url=database_url(environ, "subscriptions"),
-            graph_url=_url(environ, "GRAPH_URL", "https://graph.facebook.com"),
-            instagram_graph_url=_url(environ, "INSTAGRAM_GRAPH_URL", "https://graph.instagram.com"),
-            graph_version=version,
-            graph_timeout_s=env_float(environ, "GRAPH_TIMEOUT_S", 10.0, minimum=0.1),
+            graph=GraphSettings.from_env(environ),
+            reconcile=reconcile_settings(environ),
             tokens_target=grpc_target(environ, "tokens", 50052),
             router_target=grpc_target(environ, "router", 50051),
             rpc_timeout_s=env_float(environ, "RPC_TIMEOUT_S", 2.0, minimum=0.05),
@@ -113,3 +105,23 @@ class SubscriptionsSettings:
             grace_s=env_float(environ, "SHUTDOWN_GRACE_S", 5.0),
             log_level=env_str(environ, "LOG_LEVEL", "INFO").upper(),
         )
+
+
+def reconcile_settings(environ: Mapping[str, str]) -> ReconcileSettings:
+    """The reconcile loop's period, jitter and concurrency, and the Instagram token windows."""
+    refresh = env_float(environ, "IG_TOKEN_REFRESH_DAYS", 20.0, minimum=1)
+    reauth = env_float(environ, "IG_TOKEN_REAUTH_DAYS", 7.0)
+    if reauth >= refresh:
+        raise SettingsError(
+            f"{PREFIX}IG_TOKEN_REAUTH_DAYS must be less than {PREFIX}IG_TOKEN_REFRESH_DAYS"
+        )
+    jitter = env_float(environ, "RECONCILE_JITTER", 0.2)
+    if jitter >= 1:
+        raise SettingsError(f"{PREFIX}RECONCILE_JITTER must be below 1 (a fraction of the period)")
+    return ReconcileSettings(
+        interval_s=env_float(environ, "RECONCILE_INTERVAL_S", 600.0),
+        jitter=jitter,
+        concurrency=env_int(environ, "RECONCILE_CONCURRENCY", 4, minimum=1, maximum=64),
+        ig_refresh_before_days=refresh,
+        ig_reauth_before_days=reauth,
+    )

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pagewire.graph import FACEBOOK, GraphError, ManagedPage
 from pagewire.kit.db import DB_UNAVAILABLE, unavailable
 from pagewire.kit.errors import (
     DataLoss,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     PagewireError,
     Unavailable,
@@ -26,40 +27,11 @@ from pagewire.kit.errors import (
 from pagewire.kit.settings import Secret
 from pagewire.kit.timeutil import now_ms
 from services.subscriptions import store
-from services.subscriptions.graph import GraphError
+from services.subscriptions.ports import Graph, Router, Vault
 from services.subscriptions.store import Outcome, PageConnection
+from services.subscriptions.subscribing import Subscriber
 
 log = logging.getLogger("pagewire.subscriptions")
-
-
-class Vault(Protocol):
-    """What the domain needs from the tokens service (clients.TokensClient)."""
-
-    async def put(self, platform: str, page_id: str, token: Secret) -> str: ...
-
-    async def decrypt(self, platform: str, page_id: str) -> tuple[Secret, str]: ...
-
-    async def delete(self, platform: str, page_id: str) -> bool: ...
-
-    async def mark_invalid(
-        self, platform: str, page_id: str, reason: str, code: int, subcode: int
-    ) -> None: ...
-
-
-class Router(Protocol):
-    """What the domain needs from the router (clients.RouterClient)."""
-
-    async def route_parked(self, platform: str, page_id: str) -> int: ...
-
-
-class Graph(Protocol):
-    """What the domain needs from Graph (graph.GraphClient)."""
-
-    async def subscribe(
-        self, platform: str, page_id: str, token: Secret, fields: Sequence[str]
-    ) -> None: ...
-
-    async def unsubscribe(self, platform: str, page_id: str, token: Secret) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -76,13 +48,26 @@ class Disconnected:
 
     unsubscribed: bool
     graph_error: str
+    purged: dict[str, int] | None = None
+    purge_error: str = ""
 
 
-def _outcome(error: GraphError | None) -> Outcome:
+@dataclass
+class Imported:
+    """An import's result: what the user can manage, who owns each, what was connected."""
+
+    available: list[ManagedPage]
+    owners: dict[str, str]
+    connected: list[PageConnection] = field(default_factory=list)
+    parked_routed: int = 0
+
+
+def outcome_of(error: GraphError | None) -> Outcome:
+    """How a subscription attempt is stored: by code, never by message text."""
     if error is None:
         return Outcome(store.SUBSCRIBED)
     status = store.REAUTH_REQUIRED if error.token_invalid else store.SUBSCRIBE_FAILED
-    message = error.message if not error.unavailable else error.summary
+    message = error.message if not (error.unavailable or error.throttled) else error.summary
     return Outcome(status, message, error.code, error.subcode)
 
 
@@ -97,12 +82,14 @@ class Connections:
         graph: Graph,
         router: Router,
         default_fields: Mapping[str, Sequence[str]],
+        app_ids: Mapping[str, str] | None = None,
     ) -> None:
         self._sessions = sessions
         self._vault = vault
         self._graph = graph
         self._router = router
         self._default_fields = default_fields
+        self.subscriber = Subscriber(graph, app_ids or {})
 
     async def connect(
         self,
@@ -113,22 +100,23 @@ class Connections:
         fields: Sequence[str],
         *,
         move: bool,
+        token_expires_at_ms: int = 0,
     ) -> Connected:
-        """Stores the token, subscribes, stores the connection, routes parked events.
+        """Stores the token, subscribes and confirms, stores the connection, routes parked events.
 
         Idempotent for the same account. Graph refusing is not an error of this
         call: the connection is stored SUBSCRIBE_FAILED (or REAUTH_REQUIRED) for
-        Resubscribe; Graph not answering is stored the same way and reported
-        UNAVAILABLE so callers know nothing was confirmed.
+        Resubscribe and reconcile; Graph not answering is stored the same way and
+        reported UNAVAILABLE so callers know nothing was confirmed.
         """
         fields = list(fields) or list(self._default_fields[platform])
         existing = await self._get(platform, page_id)
         if existing is not None and existing.account_id != account_id and not move:
             raise FailedPrecondition(_owned_elsewhere(platform, page_id, existing, account_id))
 
-        await self._vault.put(platform, page_id, token)
-        error = await self._subscribe(platform, page_id, token, fields)
-        outcome = _outcome(error)
+        await self._vault.put(platform, page_id, token, token_expires_at_ms)
+        error = await self.subscriber.subscribe(platform, page_id, token, fields)
+        outcome = outcome_of(error)
         if error is not None and error.token_invalid:
             await self._mark_invalid(platform, page_id, error)
 
@@ -175,7 +163,7 @@ class Connections:
         )
 
         routed = await self._route_parked(platform, page_id)
-        if error is not None and error.unavailable:
+        if error is not None and (error.unavailable or error.throttled):
             raise Unavailable(
                 f"{error.summary}; {platform} page {page_id} is stored as SUBSCRIBE_FAILED,"
                 " call Resubscribe to retry"
@@ -193,7 +181,7 @@ class Connections:
             raise FailedPrecondition(
                 f"no token stored for {platform} page {page_id}; connect the page again"
             ) from None
-        error = await self._subscribe(platform, page_id, token, page.fields)
+        error = await self.subscriber.subscribe(platform, page_id, token, page.fields)
         if error is None and token_status != "ACTIVE":
             # Graph accepted the token again, so the vault's REAUTH flag is stale.
             await self._vault.put(platform, page_id, token)
@@ -202,21 +190,29 @@ class Connections:
         try:
             async with self._sessions() as session, session.begin():
                 updated = await store.set_outcome(
-                    session, platform, page_id, _outcome(error), now_ms()
+                    session, platform, page_id, outcome_of(error), now_ms()
                 )
         except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
         if updated is None:
             raise NotFound(f"{platform} page {page_id} was disconnected meanwhile")
-        if error is not None and error.unavailable:
+        if error is not None and (error.unavailable or error.throttled):
             raise Unavailable(f"{error.summary}; {platform} page {page_id} is SUBSCRIBE_FAILED")
         return updated
 
-    async def disconnect(self, platform: str, page_id: str) -> Disconnected:
-        """Unsubscribes (best effort), forgets the token, deletes the connection."""
+    async def disconnect(self, platform: str, page_id: str, *, purge: bool = False) -> Disconnected:
+        """Unsubscribes with the page's own token (best effort), forgets the token, deletes
+        the connection; with `purge` the router then deletes what it stored for the page.
+
+        Stored conversations are kept unless `purge`. A purge of a page that is no
+        longer connected is allowed, so a purge that failed can be retried.
+        """
         page = await self._get(platform, page_id)
         if page is None:
-            raise NotFound(f"{platform} page {page_id} is not connected")
+            if not purge:
+                raise NotFound(f"{platform} page {page_id} is not connected")
+            purged, purge_error = await self._purge(platform, page_id)
+            return Disconnected(False, "page was not connected", purged, purge_error)
         unsubscribed, graph_error = False, ""
         try:
             token, _status = await self._vault.decrypt(platform, page_id)
@@ -241,7 +237,100 @@ class Connections:
             "page disconnected",
             extra={"platform": platform, "page_id": page_id, "unsubscribed": unsubscribed},
         )
-        return Disconnected(unsubscribed, graph_error)
+        if not purge:
+            return Disconnected(unsubscribed, graph_error)
+        purged, purge_error = await self._purge(platform, page_id)
+        return Disconnected(unsubscribed, graph_error, purged, purge_error)
+
+    async def _purge(self, platform: str, page_id: str) -> tuple[dict[str, int] | None, str]:
+        try:
+            purged = await self._router.purge_page(platform, page_id)
+        except PagewireError as exc:
+            log.warning(
+                "could not purge the page's stored data",
+                extra={"platform": platform, "page_id": page_id, "error": str(exc)},
+            )
+            return None, f"{exc}; disconnect again with purge to retry"
+        log.info("page data purged", extra={"platform": platform, "page_id": page_id, **purged})
+        return purged, ""
+
+    async def import_pages(
+        self,
+        user_token: Secret,
+        account_id: str,
+        page_ids: Sequence[str],
+        *,
+        connect_all: bool,
+        move: bool,
+        fields: Sequence[str],
+    ) -> Imported:
+        """Lists the user's Pages (`/me/accounts`) and connects the chosen ones.
+
+        The user token is used for that one listing and then dropped: never
+        stored, never logged. Every choice is checked before anything is stored,
+        so a wrong id or a page owned by another account changes nothing.
+        """
+        try:
+            available = await self._graph.managed_pages(user_token)
+        except GraphError as exc:
+            if exc.token_invalid:
+                raise InvalidArgument("user_token", f"Graph refused it ({exc.summary})") from None
+            if exc.transient:
+                raise Unavailable(exc.summary) from None
+            raise FailedPrecondition(f"cannot list the user's Pages: {exc.summary}") from None
+        by_id = {page.page_id: page for page in available}
+        for index, page_id in enumerate(page_ids):
+            if page_id not in by_id:
+                raise InvalidArgument(
+                    f"page_ids[{index}]",
+                    f"{page_id} is not among the {len(by_id)} Pages this user token can manage",
+                )
+        chosen = [by_id[p] for p in dict.fromkeys(page_ids)] if not connect_all else available
+        owners = await self._owners([page.page_id for page in available])
+        if not move:
+            taken = [p.page_id for p in chosen if owners.get(p.page_id, account_id) != account_id]
+            if taken:
+                raise FailedPrecondition(
+                    "facebook page(s) "
+                    + ", ".join(f"{p} (account {owners[p]!r})" for p in taken)
+                    + f" belong to another account, not {account_id!r};"
+                    " import with move=true (--move) to move them"
+                )
+        result = Imported(available, owners)
+        for page in chosen:
+            try:
+                connected = await self.connect(
+                    FACEBOOK, page.page_id, account_id, page.token, fields, move=move
+                )
+            except Unavailable:
+                # Graph not answering for one page must not strand the others; the page is
+                # stored SUBSCRIBE_FAILED and reconcile or Resubscribe finishes it.
+                stored = await self._get(FACEBOOK, page.page_id)
+                if stored is None:
+                    raise
+                result.connected.append(stored)
+            else:
+                result.connected.append(connected.page)
+                result.parked_routed += connected.parked_routed
+            owners[page.page_id] = account_id
+        log.info(
+            "pages imported",
+            extra={
+                "account_id": account_id,
+                "available": len(available),
+                "connected": [p.page_id for p in result.connected],
+            },
+        )
+        return result
+
+    async def _owners(self, page_ids: Sequence[str]) -> dict[str, str]:
+        try:
+            async with self._sessions() as session:
+                pages = await store.list_pages(session, platform=FACEBOOK)
+        except DB_UNAVAILABLE as exc:
+            raise unavailable(exc) from None
+        wanted = set(page_ids)
+        return {p.page_id: p.account_id for p in pages if p.page_id in wanted}
 
     async def get(self, platform: str, page_id: str) -> PageConnection:
         page = await self._get(platform, page_id)
@@ -249,10 +338,12 @@ class Connections:
             raise NotFound(f"{platform} page {page_id} is not connected")
         return page
 
-    async def list_pages(self, account_id: str = "") -> list[PageConnection]:
+    async def list_pages(
+        self, account_id: str = "", platform: str = "", page_id: str = ""
+    ) -> list[PageConnection]:
         try:
             async with self._sessions() as session:
-                return await store.list_pages(session, account_id)
+                return await store.list_pages(session, account_id, platform, page_id)
         except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
 
@@ -262,15 +353,6 @@ class Connections:
                 return await store.get(session, platform, page_id)
         except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
-
-    async def _subscribe(
-        self, platform: str, page_id: str, token: Secret, fields: Sequence[str]
-    ) -> GraphError | None:
-        try:
-            await self._graph.subscribe(platform, page_id, token, fields)
-        except GraphError as exc:
-            return exc
-        return None
 
     async def _mark_invalid(self, platform: str, page_id: str, error: GraphError) -> None:
         try:

@@ -3,26 +3,43 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
-from pagewire.kit.errors import InvalidArgument
+from pagewire.kit.errors import InvalidArgument, NotFound
 from pagewire.kit.settings import Secret
 from pagewire.kit.validate import page_token, platform_and_page
 from pagewire.proto import events_pb2, subscriptions_pb2, subscriptions_pb2_grpc
 from services.subscriptions.config import FIELD_NAME
 from services.subscriptions.connections import Connections
+from services.subscriptions.details import Details, DetailsReader
+from services.subscriptions.reconcile import Check, Reconciler
 from services.subscriptions.store import PageConnection
 
 SERVICE_NAME = subscriptions_pb2.DESCRIPTOR.services_by_name["SubscriptionsService"].full_name
 
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_PAGE_ID = re.compile(r"[0-9]{1,32}")
 MAX_FIELDS = 64
+MAX_IMPORT_IDS = 500
 _STATUS = {
     "SUBSCRIBED": subscriptions_pb2.SUBSCRIBED,
     "SUBSCRIBE_FAILED": subscriptions_pb2.SUBSCRIBE_FAILED,
     "REAUTH_REQUIRED": subscriptions_pb2.REAUTH_REQUIRED,
+}
+_TOKEN_STATE = {
+    "ACTIVE": subscriptions_pb2.TOKEN_ACTIVE,
+    "REAUTH_REQUIRED": subscriptions_pb2.TOKEN_REAUTH_REQUIRED,
+    "MISSING": subscriptions_pb2.TOKEN_MISSING,
+    "UNKNOWN": subscriptions_pb2.TOKEN_UNKNOWN,
+}
+_OUTCOME = {
+    "OK": subscriptions_pb2.CHECK_OK,
+    "REPAIRED": subscriptions_pb2.CHECK_REPAIRED,
+    "REAUTH_REQUIRED": subscriptions_pb2.CHECK_REAUTH_REQUIRED,
+    "FAILED": subscriptions_pb2.CHECK_FAILED,
+    "SKIPPED": subscriptions_pb2.CHECK_SKIPPED,
 }
 
 
@@ -59,7 +76,33 @@ def fields_of(fields: list[str]) -> list[str]:
     return list(dict.fromkeys(fields))  # duplicates would be sent twice to Graph
 
 
-def to_proto(page: PageConnection) -> subscriptions_pb2.Page:
+def page_ids_of(page_ids: Sequence[str]) -> list[str]:
+    if len(page_ids) > MAX_IMPORT_IDS:
+        raise InvalidArgument("page_ids", f"at most {MAX_IMPORT_IDS} page ids")
+    for index, page_id in enumerate(page_ids):
+        if not _PAGE_ID.fullmatch(page_id):
+            raise InvalidArgument(f"page_ids[{index}]", "must be 1 to 32 digits")
+    return list(page_ids)
+
+
+def to_proto(page: PageConnection, details: Details | None = None) -> subscriptions_pb2.Page:
+    extra = {}
+    if details is not None:
+        token = details.token
+        extra["token"] = subscriptions_pb2.PageToken(
+            state=_TOKEN_STATE.get(token.status, subscriptions_pb2.TOKEN_UNKNOWN),
+            reason=token.reason,
+            expires_at_ms=token.expires_at_ms,
+            updated_at_ms=token.updated_at_ms,
+            graph_code=token.graph_code,
+            graph_subcode=token.graph_subcode,
+        )
+        activity = details.activity
+        extra["activity"] = (
+            subscriptions_pb2.PageActivity(known=True, **activity)
+            if activity is not None
+            else subscriptions_pb2.PageActivity(known=False)
+        )
     return subscriptions_pb2.Page(
         platform=events_pb2.Platform.Value(page.platform),
         page_id=page.page_id,
@@ -71,22 +114,55 @@ def to_proto(page: PageConnection) -> subscriptions_pb2.Page:
         last_error_subcode=page.last_error_subcode,
         created_at_ms=page.created_at_ms,
         updated_at_ms=page.updated_at_ms,
+        last_checked_at_ms=page.last_checked_at_ms,
+        repairs=page.repairs,
+        last_repair=page.last_repair,
+        last_repair_at_ms=page.last_repair_at_ms,
+        **extra,
+    )
+
+
+def check_to_proto(check: Check) -> subscriptions_pb2.PageCheck:
+    return subscriptions_pb2.PageCheck(
+        platform=events_pb2.Platform.Value(check.platform),
+        page_id=check.page_id,
+        outcome=_OUTCOME[check.outcome],
+        detail=check.detail,
+        token_refreshed=check.token_refreshed,
     )
 
 
 class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceServicer):
     """Every RPC of pagewire.subscriptions.v1.SubscriptionsService."""
 
-    def __init__(self, connections: Connections) -> None:
+    def __init__(
+        self, connections: Connections, reconciler: Reconciler, details: DetailsReader
+    ) -> None:
         self._connections = connections
+        self._reconciler = reconciler
+        self._details = details
+
+    async def _pages(self, pages: list[PageConnection], with_details: bool):  # type: ignore[no-untyped-def]
+        if not with_details:
+            return [to_proto(page) for page in pages]
+        details = await self._details.read(pages)
+        return [to_proto(page, d) for page, d in zip(pages, details, strict=True)]
 
     async def ConnectPage(self, request, context):  # type: ignore[no-untyped-def]
         platform, page_id = page_of(request.platform, request.page_id)
         account_id = account_of(request.account_id)
         token = token_of(request.page_token)
         fields = fields_of(list(request.subscribed_fields))
+        if request.token_expires_at_ms < 0:
+            raise InvalidArgument("token_expires_at_ms", "must be 0 (unknown) or a time in ms")
         result = await self._connections.connect(
-            platform, page_id, account_id, token, fields, move=request.move
+            platform,
+            page_id,
+            account_id,
+            token,
+            fields,
+            move=request.move,
+            token_expires_at_ms=request.token_expires_at_ms,
         )
         return subscriptions_pb2.ConnectPageResponse(
             page=to_proto(result.page), parked_routed=result.parked_routed
@@ -94,20 +170,85 @@ class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceSe
 
     async def DisconnectPage(self, request, context):  # type: ignore[no-untyped-def]
         platform, page_id = page_of(request.platform, request.page_id)
-        result = await self._connections.disconnect(platform, page_id)
+        result = await self._connections.disconnect(platform, page_id, purge=request.purge)
+        purged = result.purged or {}
         return subscriptions_pb2.DisconnectPageResponse(
-            unsubscribed=result.unsubscribed, graph_error=result.graph_error
+            unsubscribed=result.unsubscribed,
+            graph_error=result.graph_error,
+            purged=result.purged is not None,
+            purged_conversations=purged.get("conversations", 0),
+            purged_messages=purged.get("messages", 0),
+            purged_parked=purged.get("parked", 0),
+            purge_error=result.purge_error,
         )
 
     async def GetPage(self, request, context):  # type: ignore[no-untyped-def]
         platform, page_id = page_of(request.platform, request.page_id)
         page = await self._connections.get(platform, page_id)
-        return subscriptions_pb2.GetPageResponse(page=to_proto(page))
+        (shown,) = await self._pages([page], request.with_details)
+        return subscriptions_pb2.GetPageResponse(page=shown)
 
     async def ListPages(self, request, context):  # type: ignore[no-untyped-def]
         account_id = account_of(request.account_id, required=False)
         pages = await self._connections.list_pages(account_id)
-        return subscriptions_pb2.ListPagesResponse(pages=[to_proto(page) for page in pages])
+        return subscriptions_pb2.ListPagesResponse(
+            pages=await self._pages(pages, request.with_details)
+        )
+
+    async def ImportPages(self, request, context):  # type: ignore[no-untyped-def]
+        user_token = page_token(request.user_token, "user_token")
+        account_id = account_of(request.account_id)
+        page_ids = page_ids_of(list(request.page_ids))
+        if request.all and page_ids:
+            raise InvalidArgument("page_ids", "give page ids or all, not both")
+        fields = fields_of(list(request.subscribed_fields))
+        result = await self._connections.import_pages(
+            user_token,
+            account_id,
+            page_ids,
+            connect_all=request.all,
+            move=request.move,
+            fields=fields,
+        )
+        return subscriptions_pb2.ImportPagesResponse(
+            available=[
+                subscriptions_pb2.ManagedPage(
+                    page_id=page.page_id,
+                    name=page.name,
+                    tasks=list(page.tasks),
+                    category=page.category,
+                    connected_account_id=result.owners.get(page.page_id, ""),
+                )
+                for page in result.available
+            ],
+            connected=[to_proto(page) for page in result.connected],
+            parked_routed=result.parked_routed,
+        )
+
+    async def Reconcile(self, request, context):  # type: ignore[no-untyped-def]
+        platform = page_id = ""
+        if request.page_id:
+            platform, page_id = page_of(request.platform, request.page_id)
+        elif request.platform:
+            platform, _ = platform_and_page(request.platform, "0")
+        account_id = account_of(request.account_id, required=False)
+        checks = await self._reconciler.run(
+            platform=platform, page_id=page_id, account_id=account_id
+        )
+        if page_id and not checks:
+            raise NotFound(f"{platform} page {page_id} is not connected")
+        counts = {name: 0 for name in _OUTCOME}
+        for check in checks:
+            counts[check.outcome] += 1
+        return subscriptions_pb2.ReconcileResponse(
+            checked=len(checks),
+            ok=counts["OK"],
+            repaired=counts["REPAIRED"],
+            reauth_required=counts["REAUTH_REQUIRED"],
+            failed=counts["FAILED"],
+            skipped=counts["SKIPPED"],
+            pages=[check_to_proto(check) for check in checks],
+        )
 
     async def Resubscribe(self, request, context):  # type: ignore[no-untyped-def]
         platform, page_id = page_of(request.platform, request.page_id)

@@ -1,11 +1,21 @@
-"""The subscriptions schema: one connection per page, owned by one account."""
+"""The subscriptions schema: one connection per page, owned by one account, and its checks."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, String, Text, delete, select
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    delete,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -30,6 +40,7 @@ class PageConnection(Base):
             name="page_connections_status_check",
         ),
         Index("page_connections_account_idx", "account_id", "platform", "page_id"),
+        Index("page_connections_checked_idx", "last_checked_at_ms"),
     )
 
     platform: Mapped[str] = mapped_column(String(16), primary_key=True)
@@ -43,6 +54,10 @@ class PageConnection(Base):
     last_error_subcode: Mapped[int] = mapped_column(Integer, default=0)
     created_at_ms: Mapped[int] = mapped_column(BigInteger)
     updated_at_ms: Mapped[int] = mapped_column(BigInteger)
+    last_checked_at_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    repairs: Mapped[int] = mapped_column(Integer, default=0)
+    last_repair: Mapped[str] = mapped_column(Text, default="")
+    last_repair_at_ms: Mapped[int] = mapped_column(BigInteger, default=0)
 
     @property
     def fields(self) -> list[str]:
@@ -63,13 +78,86 @@ async def get(session: AsyncSession, platform: str, page_id: str) -> PageConnect
     return await session.get(PageConnection, (platform, page_id))
 
 
-async def list_pages(session: AsyncSession, account_id: str = "") -> list[PageConnection]:
+async def list_pages(
+    session: AsyncSession, account_id: str = "", platform: str = "", page_id: str = ""
+) -> list[PageConnection]:
+    """Connections ordered by account, platform, page id; each filter applies when given."""
     query = select(PageConnection).order_by(
         PageConnection.account_id, PageConnection.platform, PageConnection.page_id
     )
     if account_id:
         query = query.where(PageConnection.account_id == account_id)
+    if platform:
+        query = query.where(PageConnection.platform == platform)
+    if page_id:
+        query = query.where(PageConnection.page_id == page_id)
     return list((await session.execute(query)).scalars())
+
+
+async def due_for_check(session: AsyncSession, checked_before_ms: int, limit: int) -> list[tuple]:
+    """(platform, page id, last_checked_at_ms) of pages not checked since `checked_before_ms`."""
+    query = (
+        select(PageConnection.platform, PageConnection.page_id, PageConnection.last_checked_at_ms)
+        .where(PageConnection.last_checked_at_ms < checked_before_ms)
+        .order_by(
+            PageConnection.last_checked_at_ms, PageConnection.platform, PageConnection.page_id
+        )
+        .limit(limit)
+    )
+    return [tuple(row) for row in (await session.execute(query)).all()]
+
+
+async def claim_check(
+    session: AsyncSession, platform: str, page_id: str, seen_checked_at_ms: int, now: int
+) -> bool:
+    """Marks the page as being checked unless another replica claimed it first.
+
+    Compare-and-set on last_checked_at_ms: of two replicas that saw the same
+    value, only one update matches, so a page is checked once per period.
+    """
+    result = await session.execute(
+        update(PageConnection)
+        .where(
+            PageConnection.platform == platform,
+            PageConnection.page_id == page_id,
+            PageConnection.last_checked_at_ms == seen_checked_at_ms,
+        )
+        .values(last_checked_at_ms=now)
+    )
+    return bool(result.rowcount)
+
+
+async def record_check(
+    session: AsyncSession,
+    platform: str,
+    page_id: str,
+    *,
+    now: int,
+    outcome: Outcome | None,
+    repair: str = "",
+) -> PageConnection | None:
+    """Stores a check's result: when, the new status (if any), and a repair (if any)."""
+    connection = await session.get(PageConnection, (platform, page_id), with_for_update=True)
+    if connection is None:
+        return None
+    connection.last_checked_at_ms = now
+    if outcome is not None and (
+        outcome.status != connection.status
+        or outcome.last_error != connection.last_error
+        or outcome.last_error_code != connection.last_error_code
+        or outcome.last_error_subcode != connection.last_error_subcode
+    ):
+        connection.status = outcome.status
+        connection.last_error = outcome.last_error
+        connection.last_error_code = outcome.last_error_code
+        connection.last_error_subcode = outcome.last_error_subcode
+        connection.updated_at_ms = now
+    if repair:
+        connection.repairs += 1
+        connection.last_repair = repair
+        connection.last_repair_at_ms = now
+        connection.updated_at_ms = now
+    return connection
 
 
 async def save_connection(

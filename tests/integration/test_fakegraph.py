@@ -231,3 +231,85 @@ async def test_two_fakes_run_side_by_side() -> None:
     finally:
         await first.stop()
         await second.stop()
+
+
+# --- the page lifecycle's routes ----------------------------------------------------------------
+
+
+async def test_me_accounts_pages_with_cursors(
+    fake: fakegraph.FakeGraph, http: httpx.AsyncClient, fixtures_dir
+) -> None:  # type: ignore[no-untyped-def]
+    first = (await http.get("/v25.0/me/accounts", params={"limit": 2}, headers=AUTH)).json()
+    fixture = json.loads((fixtures_dir / "graph" / "me_accounts_page1.json").read_text())
+    assert first["data"] == fixture["data"]
+    assert set(first["paging"]) == {"cursors", "next"}
+    assert "access_token=REDACTED" in first["paging"]["next"]
+    after = first["paging"]["cursors"]["after"]
+    second = (
+        await http.get("/v25.0/me/accounts", params={"limit": 2, "after": after}, headers=AUTH)
+    ).json()
+    fixture2 = json.loads((fixtures_dir / "graph" / "me_accounts_page2.json").read_text())
+    assert second["data"] == fixture2["data"] and "next" not in second["paging"]
+
+
+async def test_accounts_per_user_token_and_page_size(
+    fake: fakegraph.FakeGraph, http: httpx.AsyncClient
+) -> None:
+    pages = [{"id": str(100 + n), "name": f"P{n}", "access_token": f"EAAGp{n}"} for n in range(3)]
+    told = await http.post("/_fake/accounts", json={"user_token": "EAAGuser", "pages": pages})
+    assert told.json() == {"ok": True}
+    fake.state.accounts_page_size = 2
+    user = {"Authorization": "Bearer EAAGuser"}
+    first = (await http.get("/v25.0/me/accounts", params={"limit": 100}, headers=user)).json()
+    assert [p["id"] for p in first["data"]] == ["100", "101"] and first["paging"]["next"]
+    bad = await http.post("/_fake/accounts", json={"user_token": "", "pages": []})
+    assert bad.status_code == 400
+
+
+async def test_silently_unsubscribed(fake: fakegraph.FakeGraph, http: httpx.AsyncClient) -> None:
+    await http.post(EDGE, headers=AUTH, data={"subscribed_fields": "messages,standby"})
+    told = await http.post("/_fake/unsubscribe", json={"page_id": PAGE, "fields": ["standby"]})
+    assert told.json() == {"ok": True}
+    (app,) = (await http.get(EDGE, headers=AUTH)).json()["data"]
+    assert app["subscribed_fields"] == ["messages"]
+    await http.post("/_fake/unsubscribe", json={"page_id": PAGE})
+    assert (await http.get(EDGE, headers=AUTH)).json() == {"data": []}
+    missing = await http.post("/_fake/unsubscribe", json={"page_id": PAGE})
+    assert missing.status_code == 404
+    assert (await http.post("/_fake/unsubscribe", json={"page_id": "x"})).status_code == 400
+
+
+async def test_refresh_access_token(fake: fakegraph.FakeGraph, http: httpx.AsyncClient) -> None:
+    response = await http.get(
+        "/refresh_access_token", params={"grant_type": "ig_refresh_token"}, headers=AUTH
+    )
+    body = response.json()
+    assert body["token_type"] == "bearer" and body["access_token"].startswith("IGAArefreshed")
+    assert body["expires_in"] == fakegraph.IG_REFRESH_EXPIRES_IN
+    assert fake.state.refreshed == [(TOKEN, body["access_token"])]
+    wrong = await http.get("/refresh_access_token", headers=AUTH)
+    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == 100
+
+
+async def test_debug_token(http: httpx.AsyncClient, fixtures_dir) -> None:  # type: ignore[no-untyped-def]
+    response = await http.get("/v25.0/debug_token", params={"input_token": "x"}, headers=AUTH)
+    data = response.json()["data"]
+    fixture = json.loads((fixtures_dir / "graph" / "debug_token.json").read_text())["data"]
+    assert set(fixture) - {"profile_id"} <= set(data)
+    assert data["app_id"] == fakegraph.FAKE_APP_ID and data["is_valid"] is True
+
+
+async def test_rate_limit_header_names_the_page_called(http: httpx.AsyncClient) -> None:
+    other = "117465829304716"
+    await http.post("/_fake/fail", json={"preset": "613"})
+    response = await http.get(f"/v25.0/{other}/subscribed_apps", headers=AUTH)
+    usage = json.loads(response.headers["x-business-use-case-usage"])
+    assert list(usage) == [other]
+
+
+async def test_request_times_follow_the_given_clock(
+    fake: fakegraph.FakeGraph, http: httpx.AsyncClient
+) -> None:
+    fake.state.clock = lambda: 1234.5
+    await http.get(EDGE, headers=AUTH)
+    assert fake.state.requests[0]["time_ms"] == 1234500

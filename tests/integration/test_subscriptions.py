@@ -14,11 +14,13 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pagewire import fakegraph
+from pagewire.graph import Clock, GraphClient, GraphError, GraphSettings, PagesApi
 from pagewire.kit import migrate
 from pagewire.kit.channels import open_channel
 from pagewire.kit.db import create_engine, sessions
 from pagewire.kit.grpcserver import GrpcService, start_server
 from pagewire.kit.settings import Secret, SettingsError
+from pagewire.kit.timeutil import now_ms
 from pagewire.proto import (
     events_pb2,
     router_pb2,
@@ -37,7 +39,8 @@ from services.subscriptions.config import (
     SubscriptionsSettings,
 )
 from services.subscriptions.connections import Connections
-from services.subscriptions.graph import GraphClient, GraphError
+from services.subscriptions.details import DetailsReader
+from services.subscriptions.reconcile import Reconciler, ReconcileSettings
 from services.subscriptions.store import PageConnection
 from services.tokens import server as tok_server
 from services.tokens.vault import Cipher, KeyRing, TokenVault, generate_keyring
@@ -55,10 +58,12 @@ ROUTER_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
 
 class FakeRouter(router_pb2_grpc.RouterServiceServicer):
-    """Records RouteParked calls; can be told to fail."""
+    """Records RouteParked, GetPageActivity and PurgePage calls; can be told to fail."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, str]] = []
+        self.purges: list[tuple[int, str]] = []
+        self.activity: dict[str, int] = {}
         self.routed = 3
         self.fail = False
 
@@ -68,6 +73,35 @@ class FakeRouter(router_pb2_grpc.RouterServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "redis down")
         return router_pb2.RouteParkedResponse(routed=self.routed)
 
+    async def GetPageActivity(self, request, context):  # type: ignore[no-untyped-def]
+        if self.fail:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "redis down")
+        return router_pb2.GetPageActivityResponse(**self.activity)
+
+    async def PurgePage(self, request, context):  # type: ignore[no-untyped-def]
+        if self.fail:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "redis down")
+        self.purges.append((request.platform, request.page_id))
+        return router_pb2.PurgePageResponse(conversations=2, messages=5, parked=1)
+
+
+class VirtualClock(Clock):
+    """Time that passes only when someone sleeps: backoff is measured, never waited."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
 
 @dataclass
 class Stack:
@@ -76,6 +110,8 @@ class Stack:
     graph: fakegraph.FakeGraph
     router: FakeRouter
     engine: AsyncEngine
+    http: GraphClient
+    reconciler: Reconciler
     ig_graph: fakegraph.FakeGraph | None = None
     extras: dict[str, object] = field(default_factory=dict)
 
@@ -95,6 +131,10 @@ async def build_stack(
     graph_url: str | None = None,
     separate_instagram: bool = False,
     graph_timeout_s: float = 5.0,
+    clock: VirtualClock | None = None,
+    app_id: str = fakegraph.FAKE_APP_ID,
+    reconcile: ReconcileSettings | None = None,
+    **graph_settings: object,
 ) -> AsyncIterator[Stack]:
     """Tokens (real), router (fake), Graph (fake) and subscriptions, all on free ports."""
     async with AsyncExitStack() as stack:
@@ -129,26 +169,53 @@ async def build_stack(
             stack, await start_server(names=[ROUTER_NAME], register=add_router, port=0)
         )
 
+        # Real sleeps in these tests stay short; backoff itself is measured with a VirtualClock.
+        graph_settings.setdefault("retry_base_s", 0.01)
+        if clock is not None:
+            for fake in (graph, ig_graph):
+                if fake is not None:
+                    fake.state.clock = clock.time
         http = GraphClient(
-            graph_url=graph_url or graph.url,
-            instagram_graph_url=ig_graph.url if ig_graph else graph_url or graph.url,
-            version="v25.0",
-            timeout_s=graph_timeout_s,
+            GraphSettings(
+                url=graph_url or graph.url,
+                instagram_url=ig_graph.url if ig_graph else graph_url or graph.url,
+                version="v25.0",
+                timeout_s=graph_timeout_s,
+                app_id=app_id,
+                instagram_app_id=app_id,
+                **graph_settings,  # type: ignore[arg-type]
+            ),
+            clock=clock,
         )
         stack.push_async_callback(http.aclose)
+        pages_api = PagesApi(http)
         engine = create_engine(database_url, "subscriptions")
         stack.push_async_callback(engine.dispose)
         settings = SubscriptionsSettings(database_url=database_url)
+        vault = TokensClient(tokens_target_channel, 2.0)
+        router_client = RouterClient(router_channel, 2.0)
         connections = Connections(
             sessions(engine),
-            vault=TokensClient(tokens_target_channel, 2.0),
-            graph=http,
-            router=RouterClient(router_channel, 2.0),
+            vault=vault,
+            graph=pages_api,
+            router=router_client,
             default_fields=settings.default_fields,
+            app_ids={"FACEBOOK": app_id, "INSTAGRAM": app_id},
         )
+        reconciler = Reconciler(
+            sessions(engine),
+            vault=vault,
+            graph=pages_api,
+            subscriber=connections.subscriber,
+            settings=reconcile or ReconcileSettings(),
+            clock_ms=(lambda: int(clock.now * 1000)) if clock is not None else now_ms,
+        )
+        details = DetailsReader(vault, router_client, timeout_s=2.0)
         subs_service = await start_server(
             names=[sub_server.SERVICE_NAME],
-            register=sub_server.register(sub_server.SubscriptionsServiceServicer(connections)),
+            register=sub_server.register(
+                sub_server.SubscriptionsServiceServicer(connections, reconciler, details)
+            ),
             port=0,
         )
         subs_channel = await _grpc(stack, subs_service)
@@ -158,6 +225,8 @@ async def build_stack(
             graph=graph,
             router=router,
             engine=engine,
+            http=http,
+            reconciler=reconciler,
             ig_graph=ig_graph,
         )
 
@@ -294,8 +363,16 @@ async def test_graph_error_is_subscribe_failed_and_resubscribe_repairs_it(env: S
 async def test_success_as_a_boolean_is_success(env: Stack) -> None:
     # Instagram Login answers a boolean where Messenger answers the string "true".
     env.graph.state.fail(method="POST", body={"success": True})
+    await PagesApi(env.http).subscribe("INSTAGRAM", IG_ACCOUNT, Secret(TOKEN), ["messages"])
+
+
+async def test_a_post_that_graph_does_not_show_is_subscribe_failed(env: Stack) -> None:
+    # Graph said success but GET subscribed_apps lists nothing: not confirmed, not SUBSCRIBED.
+    env.graph.state.fail(method="POST", body={"success": True})
     page = (await env.subs.ConnectPage(connect_request())).page
-    assert page.status == subscriptions_pb2.SUBSCRIBED
+    assert page.status == subscriptions_pb2.SUBSCRIBE_FAILED
+    assert "GET subscribed_apps shows app not subscribed" in page.last_error
+    assert len(env.graph.state.requests_to("GET", "subscribed_apps")) == 1
 
 
 @pytest.mark.parametrize("body", [{"success": False}, {"success": "false"}, {}, ["ok"]])
@@ -307,17 +384,16 @@ async def test_unconfirmed_success_is_subscribe_failed(env: Stack, body: object)
 
 
 async def test_graph_client_lists_subscribed_apps(env: Stack) -> None:
-    client = GraphClient(
-        graph_url=env.graph.url, instagram_graph_url=env.graph.url, version="v25.0", timeout_s=5
-    )
+    client = GraphClient(GraphSettings(url=env.graph.url, instagram_url=env.graph.url))
+    api = PagesApi(client)
     try:
-        assert await client.subscribed_apps("FACEBOOK", PAGE, Secret(TOKEN)) == []
-        await client.subscribe("FACEBOOK", PAGE, Secret(TOKEN), ["messages"])
-        (app,) = await client.subscribed_apps("FACEBOOK", PAGE, Secret(TOKEN))
-        assert app["id"] == fakegraph.FAKE_APP_ID and app["subscribed_fields"] == ["messages"]
+        assert await api.subscribed_apps("FACEBOOK", PAGE, Secret(TOKEN)) == []
+        await api.subscribe("FACEBOOK", PAGE, Secret(TOKEN), ["messages"])
+        (app,) = await api.subscribed_apps("FACEBOOK", PAGE, Secret(TOKEN))
+        assert app.app_id == fakegraph.FAKE_APP_ID and app.fields == ("messages",)
         env.graph.state.fail(method="GET", preset="190_463")
         with pytest.raises(GraphError) as caught:
-            await client.subscribed_apps("FACEBOOK", PAGE, Secret(TOKEN))
+            await api.subscribed_apps("FACEBOOK", PAGE, Secret(TOKEN))
         error = caught.value
         assert (error.http_status, error.code, error.subcode) == (400, 190, 463)
         assert error.type == "OAuthException" and error.fbtrace_id == "B1yQm7dLsW0aXcE4tRn2kPo"
@@ -328,7 +404,7 @@ async def test_graph_client_lists_subscribed_apps(env: Stack) -> None:
 
 
 async def test_server_error_without_graph_body(env: Stack) -> None:
-    env.graph.state.fail(preset="500")
+    env.graph.state.fail(preset="500", times=None)  # every retry gets it too
     page = (await env.subs.ConnectPage(connect_request())).page
     assert page.status == subscriptions_pb2.SUBSCRIBE_FAILED
     assert page.last_error_code == 0
@@ -352,7 +428,7 @@ async def test_server_error_without_graph_body(env: Stack) -> None:
             102,
             33,
         ),
-        ({"preset": "613"}, subscriptions_pb2.SUBSCRIBE_FAILED, 613, 0),
+        ({"preset": "613", "times": None}, subscriptions_pb2.SUBSCRIBE_FAILED, 613, 0),
     ],
 )
 async def test_token_errors_need_reauthorization(
@@ -484,7 +560,7 @@ async def test_disconnect_unsubscribes_once_with_that_pages_token(env: Stack) ->
 
 async def test_disconnect_when_graph_fails_still_disconnects(env: Stack) -> None:
     await env.subs.ConnectPage(connect_request())
-    env.graph.state.fail(method="DELETE", preset="2")
+    env.graph.state.fail(method="DELETE", preset="2", times=None)
     response = await env.subs.DisconnectPage(
         subscriptions_pb2.DisconnectPageRequest(platform=FB, page_id=PAGE)
     )
@@ -604,7 +680,8 @@ async def test_graph_unreachable_is_unavailable_and_leaves_subscribe_failed(
 
 async def test_graph_timeout_is_unavailable(database_url: str) -> None:
     async with build_stack(database_url, graph_timeout_s=0.3) as env:
-        env.graph.state.fail(method="POST", delay_s=30)  # longer than the client waits
+        # Longer than the client waits, on every attempt.
+        env.graph.state.fail(method="POST", delay_s=30, times=None)
         error = await rpc_error(env.subs.ConnectPage(connect_request()))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert "timed out" in error.details()
@@ -637,7 +714,7 @@ async def test_token_never_in_logs_urls_or_error_details(
     await env.subs.ConnectPage(connect_request())
     env.graph.state.fail(preset="190_460")
     await env.subs.ConnectPage(connect_request())
-    env.graph.state.fail(preset="500")
+    env.graph.state.fail(preset="500", times=None)
     await env.subs.Resubscribe(subscriptions_pb2.ResubscribeRequest(platform=FB, page_id=PAGE))
     details.append(
         (
@@ -667,10 +744,13 @@ async def test_token_never_in_logs_urls_or_error_details(
 
 def test_settings_defaults() -> None:
     settings = SubscriptionsSettings.from_env({})
-    assert settings.graph_url == "https://graph.facebook.com"
-    assert settings.instagram_graph_url == "https://graph.instagram.com"
-    assert settings.graph_version == "v25.0"
-    assert settings.graph_timeout_s == 10
+    assert settings.graph.url == "https://graph.facebook.com"
+    assert settings.graph.instagram_url == "https://graph.instagram.com"
+    assert settings.graph.version == "v25.0"
+    assert settings.graph.timeout_s == 10
+    assert (settings.graph.max_attempts, settings.graph.retry_max_wait_s) == (3, 20)
+    assert settings.graph.app_id == "" and not settings.graph.appsecret_proof
+    assert settings.reconcile.interval_s == 600 and settings.reconcile.concurrency == 4
     assert (settings.tokens_target, settings.router_target) == (
         "127.0.0.1:50052",
         "127.0.0.1:50051",
@@ -693,13 +773,31 @@ def test_settings_overrides() -> None:
             "PAGEWIRE_DATABASE_URL": "postgresql://u:pw@db/pagewire",
         }
     )
-    assert settings.graph_url == "http://127.0.0.1:9000"
-    assert settings.graph_version == "v24.0"
+    assert settings.graph.url == "http://127.0.0.1:9000"
+    assert settings.graph.version == "v24.0"
     assert settings.facebook_fields == ("messages", "standby")
     assert settings.instagram_fields == ("messages",)
     assert settings.tokens_target == "dns:///tokens:50052"
     assert settings.port == 6000
     assert "pw" not in repr(settings)
+
+
+def test_appsecret_proof_needs_the_app_secret() -> None:
+    with pytest.raises(SettingsError, match="PAGEWIRE_APP_SECRET"):
+        SubscriptionsSettings.from_env({"PAGEWIRE_GRAPH_APPSECRET_PROOF": "1"})
+    secret = "0123456789abcdef0123456789abcdef"
+    settings = SubscriptionsSettings.from_env(
+        {
+            "PAGEWIRE_GRAPH_APPSECRET_PROOF": "1",
+            "PAGEWIRE_APP_SECRET": secret,
+            "PAGEWIRE_APP_ID": "842019375510284",
+            "PAGEWIRE_RECONCILE_INTERVAL_S": "30",
+        }
+    )
+    assert settings.graph.appsecret_proof
+    assert settings.app_ids == {"FACEBOOK": "842019375510284", "INSTAGRAM": "842019375510284"}
+    assert settings.reconcile.interval_s == 30
+    assert secret not in repr(settings)
 
 
 @pytest.mark.parametrize(
@@ -709,6 +807,11 @@ def test_settings_overrides() -> None:
         ("PAGEWIRE_GRAPH_URL", "graph.facebook.com"),
         ("PAGEWIRE_FACEBOOK_FIELDS", "messages,Bad Field"),
         ("PAGEWIRE_GRAPH_TIMEOUT_S", "soon"),
+        ("PAGEWIRE_APP_ID", "pagewire"),
+        ("PAGEWIRE_GRAPH_MAX_ATTEMPTS", "0"),
+        ("PAGEWIRE_RECONCILE_CONCURRENCY", "0"),
+        ("PAGEWIRE_RECONCILE_JITTER", "1.5"),
+        ("PAGEWIRE_IG_TOKEN_REAUTH_DAYS", "30"),
     ],
 )
 def test_bad_settings_name_the_variable(variable: str, value: str) -> None:

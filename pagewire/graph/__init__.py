@@ -1,0 +1,20 @@
+"""The Graph API client every service shares: settings, one HTTP client, errors by code."""
+
+from pagewire.graph.client import FACEBOOK, INSTAGRAM, GraphClient
+from pagewire.graph.config import GraphSettings
+from pagewire.graph.errors import GraphError
+from pagewire.graph.pages import ManagedPage, PagesApi, RefreshedToken, SubscribedApp
+from pagewire.graph.ratelimit import Clock
+
+__all__ = [
+    "FACEBOOK",
+    "INSTAGRAM",
+    "Clock",
+    "GraphClient",
+    "GraphError",
+    "GraphSettings",
+    "ManagedPage",
+    "PagesApi",
+    "RefreshedToken",
+    "SubscribedApp",
+]
