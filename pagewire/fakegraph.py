@@ -72,6 +72,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "code": 613,
         "fbtrace_id": "C7vNq1eRt5yUi9oPa3sDf6g",
     },
+    "100_2018218": {
+        "message": "(#100) No profile available for this user.",
+        "type": "OAuthException",
+        "code": 100,
+        "error_subcode": 2018218,
+        "fbtrace_id": "H6yUi8oPa0sDf2gHj4kLz5x",
+    },
     "551": {
         "message": "(#551) This person isn't available right now.",
         "type": "OAuthException",
@@ -277,6 +284,9 @@ class FakeGraphState:
     accounts_page_size: int = 25
     # Instagram tokens handed out by refresh_access_token: (old token, new token).
     refreshed: list[tuple[str, str]] = field(default_factory=list)
+    # user id → the profile answered for it; ids in `no_profile` get error 2018218.
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    no_profile: set[str] = field(default_factory=set)
     # Seconds since the epoch for request timestamps; tests share a virtual clock with it.
     clock: Callable[[], float] = time.time
     # Set on stop, so a delayed answer ends at once instead of holding shutdown.
@@ -288,6 +298,8 @@ class FakeGraphState:
         self.failures.clear()
         self.accounts.clear()
         self.refreshed.clear()
+        self.profiles.clear()
+        self.no_profile.clear()
         self.default_accounts = [dict(page) for page in DEFAULT_ACCOUNTS]
         self.accounts_page_size = 25
 
@@ -525,9 +537,28 @@ def _answer(state: FakeGraphState, request: Request, entry: dict[str, Any]) -> R
         return _refresh(state, entry, token)
     if parts == ["debug_token"] and request.method == "GET":
         return _debug_token(entry)
+    if len(parts) == 1 and parts[0].isdigit() and request.method == "GET":
+        return _profile(state, entry, parts[0])
     if len(parts) != 2 or parts[1] != "subscribed_apps" or not parts[0].isdigit():
         return _unknown_path(parts)
     return _subscribed_apps(state, request, entry, parts[0], token)
+
+
+def _profile(state: FakeGraphState, entry: dict[str, Any], user_id: str) -> Response:
+    """User Profile API: `GET /{psid}?fields=…` (Messenger) or `/{igsid}` (Instagram)."""
+    if user_id in state.no_profile:
+        return _graph_error(dict(PRESETS["100_2018218"]))
+    fields = [f for f in str(entry["query"].get("fields", "")).split(",") if f]
+    profile = state.profiles.get(user_id) or {
+        "name": f"User {user_id[-4:]}",
+        "first_name": "User",
+        "last_name": user_id[-4:],
+        "username": f"user{user_id[-4:]}",
+        "profile_pic": f"https://platform-lookaside.fbsbx.com/platform/profilepic/?psid={user_id}",
+    }
+    body = {k: v for k, v in profile.items() if not fields or k in fields}
+    body["id"] = user_id
+    return JSONResponse(body)
 
 
 def _accounts(state: FakeGraphState, request: Request, token: str) -> Response:

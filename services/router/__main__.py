@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import logging
 
-from pagewire.kit.channels import open_channel
+from pagewire.graph.client import GraphClient
+from pagewire.graph.config import GraphSettings
 from pagewire.kit.db import create_engine, sessions
 from pagewire.kit.grpcserver import serve_until_signal, start_server
 from pagewire.kit.logs import setup_logging
 from pagewire.kit.runner import run
 from pagewire.kit.settings import current_environ
+from pagewire.kit.tls import GrpcSecurity
+from pagewire.kit.tokens_client import TokenCache, TokensClient, cache_ttl_from_env
 from pagewire.proto import router_pb2_grpc, subscriptions_pb2_grpc
 from services.router.config import RouterSettings
 from services.router.fencing import Fences
 from services.router.history import History
 from services.router.mutex import ConversationLocks, LocalLocks, RedisLocks, redis_client
 from services.router.pages import PageDirectory
+from services.router.profiles import ProfileFetcher
 from services.router.routing import Router
 from services.router.server import SERVICE_NAME, RouterServiceServicer
 
@@ -40,26 +44,44 @@ def build_locks(settings: RouterSettings) -> ConversationLocks:
 
 async def main() -> None:
     settings = RouterSettings.from_env(current_environ())
+    security = GrpcSecurity.from_env(current_environ(), "router")
     setup_logging("router", settings.log_level)
+    security.announce(log)
     engine = create_engine(settings.database_url, "router", pool_size=settings.db_pool_size)
     session_factory = sessions(engine)
     locks = build_locks(settings)
-    subscriptions = open_channel(settings.subscriptions_addr)
+    subscriptions = security.channel(settings.subscriptions_addr, "subscriptions")
     pages = PageDirectory(
         subscriptions_pb2_grpc.SubscriptionsServiceStub(subscriptions),
         settings.page_cache_ttl_s,
         settings.rpc_timeout_s,
     )
+    environ = current_environ()
+    tokens = security.channel(settings.tokens_addr, "tokens")
+    graph = GraphClient(GraphSettings.from_env(environ))
+    profiles = None
+    if settings.profile_refresh_s > 0:
+        profiles = ProfileFetcher(
+            session_factory,
+            graph,
+            TokenCache(TokensClient(tokens, settings.rpc_timeout_s), cache_ttl_from_env(environ)),
+            refresh_s=settings.profile_refresh_s,
+        )
     router = Router(
         session_factory,
         locks,
         pages,
         fences=Fences(engine),
         group_concurrency=settings.group_concurrency,
+        profiles=profiles,
     )
     servicer = RouterServiceServicer(router, History(session_factory), session_factory)
 
     async def close_channel() -> None:
+        if profiles is not None:
+            await profiles.close()
+        await graph.aclose()
+        await tokens.close()
         await subscriptions.close()
 
     service = await start_server(
@@ -70,6 +92,8 @@ async def main() -> None:
         host=settings.host,
         port=settings.port,
         closers=[engine.dispose, locks.close, close_channel],
+        credentials=security.server_credentials(),
+        health_port=security.health_port,
     )
     await serve_until_signal(service, drain=settings.drain_s, grace=settings.grace_s)
 

@@ -25,6 +25,8 @@ class RouterSettings:
     redis_url: str | None
     redis_prefix: str
     subscriptions_addr: str
+    tokens_addr: str
+    profile_refresh_s: float
     lock_ttl_ms: int
     lock_wait_ms: int
     page_cache_ttl_s: float
@@ -44,6 +46,9 @@ class RouterSettings:
             redis_url=environ.get("PAGEWIRE_REDIS_URL") or None,
             redis_prefix=env_str(environ, "REDIS_PREFIX", "pagewire"),
             subscriptions_addr=grpc_target(environ, "subscriptions", 50053),
+            tokens_addr=grpc_target(environ, "tokens", 50052),
+            # Contact profiles are fetched at most once per this period; 0 turns them off.
+            profile_refresh_s=env_float(environ, "PROFILE_REFRESH_S", 86_400.0),
             lock_ttl_ms=env_int(environ, "LOCK_TTL_MS", 10_000, minimum=100),
             lock_wait_ms=env_int(environ, "LOCK_WAIT_MS", 3_000, minimum=0),
             page_cache_ttl_s=env_float(environ, "PAGE_CACHE_TTL_S", 30.0),

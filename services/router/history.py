@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from pagewire.kit.errors import InvalidArgument, NotFound
 from pagewire.proto import events_pb2
 from services.router.store import (
+    Contact,
     Conversation,
     EventLog,
     Message,
@@ -99,19 +100,23 @@ class History:
 
     async def conversations(
         self, *, account_id: str, page_id: str, platform: int, page_size: int, page_token: str
-    ) -> tuple[Sequence[Conversation], str]:
+    ) -> tuple[Sequence[tuple[Conversation, Contact]], str]:
         if not account_id and not page_id:
             raise InvalidArgument("account_id", "give account_id or page_id")
         limit, offset = _page(page_size, page_token)
-        query = select(Conversation).where(_platform_filter(Conversation.platform, platform))
+        query = (
+            select(Conversation, Contact)
+            .join(Contact, Contact.id == Conversation.contact_id)
+            .where(_platform_filter(Conversation.platform, platform))
+        )
         if account_id:
             query = query.where(Conversation.account_id == account_id)
         if page_id:
             query = query.where(Conversation.page_id == page_id)
         query = query.order_by(Conversation.last_event_ms.desc(), Conversation.id.desc())
         async with self._sessions() as session:
-            rows = (await session.execute(query.limit(limit).offset(offset))).scalars().all()
-        return rows, _next_token(offset, limit, len(rows))
+            rows = [tuple(r) for r in (await session.execute(query.limit(limit).offset(offset)))]
+        return rows, _next_token(offset, limit, len(rows))  # type: ignore[return-value]
 
     async def messages(
         self,

@@ -25,6 +25,7 @@ from services.router.apply import Applied, Applier
 from services.router.feed import FeedNotifier
 from services.router.fencing import Fences, StaleFence
 from services.router.mutex import ConversationLocks
+from services.router.profiles import ProfileFetcher
 from services.router.store import (
     Change,
     Contact,
@@ -128,6 +129,7 @@ class Router:
         group_concurrency: int = 8,
         clock: Callable[[], int] = now_ms,
         before_write: BeforeWrite | None = None,
+        profiles: ProfileFetcher | None = None,
     ) -> None:
         self._sessions = sessions
         self._locks = locks
@@ -139,6 +141,7 @@ class Router:
         # A test hook between taking the fence and writing: where a stalled holder stalls.
         self._before_write = before_write
         self.stale_writes = 0
+        self._profiles = profiles
 
     async def ingest(self, events: Sequence[events_pb2.Event]) -> IngestResult:
         """Stores a webhook's events; returns only after every group has committed."""
@@ -204,6 +207,8 @@ class Router:
                     raise unavailable(exc) from None
             if applied.changes:
                 self.notifier.notify(account)
+            if self._profiles is not None and key[2]:
+                self._profiles.schedule(platform_name(key[0]), key[1], key[2])
             return IngestResult(stored=applied.stored, duplicates=applied.duplicates)
         raise Aborted("conversation lock was lost repeatedly; retry later")
 

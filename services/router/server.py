@@ -13,13 +13,25 @@ from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc
 from services.router.feed import changes_after
 from services.router.history import History, MessageView, message_views
 from services.router.routing import Router
-from services.router.store import Conversation, EventLog, Message
+from services.router.store import Contact, Conversation, EventLog, Message
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
 
-def _conversation(row: Conversation) -> router_pb2.Conversation:
+def _conversation(row: Conversation, contact: Contact | None = None) -> router_pb2.Conversation:
+    profile = None
+    if contact is not None:
+        profile = router_pb2.ContactProfile(
+            name=contact.name,
+            first_name=contact.first_name,
+            last_name=contact.last_name,
+            username=contact.username,
+            profile_pic=contact.profile_pic,
+            checked_at_ms=contact.profile_checked_at_ms,
+            error=contact.profile_error,
+        )
     return router_pb2.Conversation(
+        contact=profile,
         id=str(row.id),
         account_id=row.account_id,
         platform=events_pb2.Platform.Value(row.platform),
@@ -113,7 +125,8 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             page_token=request.page_token,
         )
         return router_pb2.ListConversationsResponse(
-            conversations=[_conversation(r) for r in rows], next_page_token=token
+            conversations=[_conversation(c, contact) for c, contact in rows],
+            next_page_token=token,
         )
 
     async def ListMessages(
@@ -192,7 +205,8 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             if change.conversation_id is not None:
                 conversation = await session.get(Conversation, change.conversation_id)
                 if conversation is not None:
-                    out.conversation.CopyFrom(_conversation(conversation))
+                    contact = await session.get(Contact, conversation.contact_id)
+                    out.conversation.CopyFrom(_conversation(conversation, contact))
             if change.message_id is not None:
                 message = await session.get(Message, change.message_id)
                 if message is not None:

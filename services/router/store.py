@@ -43,6 +43,14 @@ class Contact(Base):
     page_id: Mapped[str] = mapped_column(String(128))
     user_id: Mapped[str] = mapped_column(String(128))
     created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    # The profile Graph gave (fetched after commit, at most once per refresh period).
+    name: Mapped[str] = mapped_column(Text, default="")
+    first_name: Mapped[str] = mapped_column(Text, default="")
+    last_name: Mapped[str] = mapped_column(Text, default="")
+    username: Mapped[str] = mapped_column(Text, default="")
+    profile_pic: Mapped[str] = mapped_column(Text, default="")
+    profile_error: Mapped[str] = mapped_column(Text, default="")
+    profile_checked_at_ms: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Conversation(Base):
@@ -237,7 +245,17 @@ async def find_or_create_contact(
 ) -> int:
     await session.execute(
         insert_ignoring_duplicates(session, Contact).values(
-            platform=platform, page_id=page_id, user_id=user_id, created_at_ms=now
+            platform=platform,
+            page_id=page_id,
+            user_id=user_id,
+            created_at_ms=now,
+            name="",
+            first_name="",
+            last_name="",
+            username="",
+            profile_pic="",
+            profile_error="",
+            profile_checked_at_ms=0,
         )
     )
     return (

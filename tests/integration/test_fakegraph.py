@@ -131,6 +131,7 @@ FIXTURE_OF_PRESET = {
     "10_2018278": "error_10_2018278.json",
     "100": "error_100.json",
     "2": "error_2_transient.json",
+    "100_2018218": "error_2018218_no_profile.json",
 }
 
 

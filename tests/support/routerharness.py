@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -17,6 +17,7 @@ from services.router.fencing import Fences
 from services.router.history import History
 from services.router.mutex import RedisLocks, redis_client
 from services.router.pages import PageDirectory
+from services.router.profiles import ProfileFetcher
 from services.router.routing import BeforeWrite, Router
 from services.router.server import SERVICE_NAME, RouterServiceServicer
 from tests.support.fakes import FakeSubscriptions, serve_fake_subscriptions
@@ -46,6 +47,7 @@ async def router_harness(
     ttl_ms: int = 5000,
     wait_ms: int = 3000,
     before_write: BeforeWrite | None = None,
+    profiles: Callable[[async_sessionmaker], ProfileFetcher] | None = None,
 ) -> AsyncIterator[RouterHarness]:
     """Starts the pieces, yields the harness, and stops everything afterwards."""
     fake = FakeSubscriptions()
@@ -54,12 +56,14 @@ async def router_harness(
     engine = create_engine(database_url, "router")
     factory = sessions(engine)
     locks = RedisLocks(redis_client(redis_url), redis_prefix, ttl_ms=ttl_ms, wait_ms=wait_ms)
+    fetcher = profiles(factory) if profiles is not None else None
     router = Router(
         factory,
         locks,
         PageDirectory(subscriptions_pb2_grpc.SubscriptionsServiceStub(channel), 30, 2),
         fences=Fences(engine),
         before_write=before_write,
+        profiles=fetcher,
     )
     service = await start_server(
         names=[SERVICE_NAME],
@@ -75,6 +79,8 @@ async def router_harness(
     finally:
         await router_channel.close()
         await service.stop(grace=1)
+        if fetcher is not None:
+            await fetcher.close()
         await locks.close()
         await channel.close()
         await subs.stop(grace=1)
