@@ -44,6 +44,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from pagewire.fakesend import EchoTarget, SendState, answer_send
+
 FAKE_APP_ID = "842019375510284"
 _APP = {"category": "Business", "link": "https://pagewire.example/", "name": "Pagewire"}
 
@@ -284,6 +286,7 @@ class FakeGraphState:
     accounts_page_size: int = 25
     # Instagram tokens handed out by refresh_access_token: (old token, new token).
     refreshed: list[tuple[str, str]] = field(default_factory=list)
+    send: SendState = field(default_factory=SendState)
     # user id → the profile answered for it; ids in `no_profile` get error 2018218.
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     no_profile: set[str] = field(default_factory=set)
@@ -299,6 +302,7 @@ class FakeGraphState:
         self.accounts.clear()
         self.refreshed.clear()
         self.profiles.clear()
+        self.send.reset()
         self.no_profile.clear()
         self.default_accounts = [dict(page) for page in DEFAULT_ACCOUNTS]
         self.accounts_page_size = 25
@@ -440,6 +444,19 @@ def create_app(state: FakeGraphState) -> Starlette:
                 await asyncio.wait_for(state.stopping.wait(), failure.delay_s)
         if failure is not None and failure.answers:
             return _failure_response(failure, request.url.path)
+        parts = [p for p in request.url.path.split("/") if p]
+        if (
+            request.method == "POST"
+            and len(parts) == 3
+            and parts[2] == "messages"
+            and parts[1].isdigit()
+            and _token_of(entry) is not None
+        ):
+            form = entry.get("form") or {}
+            answer = await answer_send(state.send, form, parts[1])
+            if answer is None:
+                return _graph_error(dict(PRESETS["100"]))
+            return JSONResponse(answer)
         return _answer(state, request, entry)
 
     async def requests(request: Request) -> Response:
@@ -464,6 +481,21 @@ def create_app(state: FakeGraphState) -> Starlette:
             return JSONResponse({"ok": False, "error": str(exc)}, status_code=400)
         state.failures.append(failure)
         return JSONResponse({"ok": True, "failure": failure.describe()})
+
+    async def echo(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"{}")
+            state.send.echo = EchoTarget(
+                gateway_url=str(body["gateway_url"]).rstrip("/"),
+                app_secret=str(body["app_secret"]),
+                app_id=str(body.get("app_id", FAKE_APP_ID)),
+                mode=str(body.get("mode", "late")),
+                delay_s=float(body.get("delay_s", 0.3)),
+                instagram_pages=frozenset(str(p) for p in body.get("instagram_pages", [])),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"ok": False, "error": f"bad echo settings: {exc}"}, 400)
+        return JSONResponse({"ok": True})
 
     async def unsubscribe(request: Request) -> Response:
         try:
@@ -506,6 +538,7 @@ def create_app(state: FakeGraphState) -> Starlette:
             Route("/_fake/reset", reset, methods=["POST"]),
             Route("/_fake/fail", fail, methods=["POST"]),
             Route("/_fake/unsubscribe", unsubscribe, methods=["POST"]),
+            Route("/_fake/echo", echo, methods=["POST"]),
             Route("/_fake/accounts", accounts, methods=["POST"]),
             Route("/{path:path}", graph, methods=["GET", "POST", "DELETE"]),
         ]

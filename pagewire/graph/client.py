@@ -114,7 +114,10 @@ class GraphClient:
                 )
             except httpx.TimeoutException as exc:
                 error = GraphError(
-                    http_status=0, message=f"timed out ({type(exc).__name__})", unavailable=True
+                    http_status=0,
+                    message=f"timed out ({type(exc).__name__})",
+                    unavailable=True,
+                    timed_out=not isinstance(exc, httpx.ConnectTimeout),
                 )
                 if not retry_timeouts:
                     raise error from None

@@ -32,6 +32,7 @@ class GraphError(Exception):
         unavailable: bool = False,
         throttled: bool = False,
         retry_after_s: float = 0.0,
+        timed_out: bool = False,
     ) -> None:
         self.http_status = http_status
         self.code = code
@@ -42,6 +43,8 @@ class GraphError(Exception):
         self.unavailable = unavailable
         self.throttled = throttled
         self.retry_after_s = retry_after_s
+        # Sent but not answered in time: Graph may have acted on it (a send may be delivered).
+        self.timed_out = timed_out
         super().__init__(self.summary)
 
     @property

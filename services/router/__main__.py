@@ -21,6 +21,7 @@ from services.router.mutex import ConversationLocks, LocalLocks, RedisLocks, red
 from services.router.pages import PageDirectory
 from services.router.profiles import ProfileFetcher
 from services.router.routing import Router
+from services.router.send import Sender
 from services.router.server import SERVICE_NAME, RouterServiceServicer
 
 log = logging.getLogger("pagewire.router")
@@ -59,13 +60,11 @@ async def main() -> None:
     environ = current_environ()
     tokens = security.channel(settings.tokens_addr, "tokens")
     graph = GraphClient(GraphSettings.from_env(environ))
+    vault = TokenCache(TokensClient(tokens, settings.rpc_timeout_s), cache_ttl_from_env(environ))
     profiles = None
     if settings.profile_refresh_s > 0:
         profiles = ProfileFetcher(
-            session_factory,
-            graph,
-            TokenCache(TokensClient(tokens, settings.rpc_timeout_s), cache_ttl_from_env(environ)),
-            refresh_s=settings.profile_refresh_s,
+            session_factory, graph, vault, refresh_s=settings.profile_refresh_s
         )
     router = Router(
         session_factory,
@@ -75,7 +74,16 @@ async def main() -> None:
         group_concurrency=settings.group_concurrency,
         profiles=profiles,
     )
-    servicer = RouterServiceServicer(router, History(session_factory), session_factory)
+    sender = Sender(
+        session_factory,
+        locks,
+        pages,
+        graph,
+        vault,
+        app_id=graph.settings.app_id,
+        notifier=router.notifier,
+    )
+    servicer = RouterServiceServicer(router, History(session_factory), session_factory, sender)
 
     async def close_channel() -> None:
         if profiles is not None:

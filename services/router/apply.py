@@ -34,6 +34,8 @@ from services.router.store import (
 )
 
 DELIVERED, READ, DELETED = "delivered", "read", "deleted"
+# What the person does that opens the Send API's messaging window (receipts do not).
+_USER_ACTIONS = {"message", "postback", "reaction", "referral", "optin"}
 
 
 @dataclass
@@ -140,6 +142,8 @@ class Applier:
             return
         conv.last_event_ms = max(conv.last_event_ms, event.timestamp_ms)
         which = event.WhichOneof("kind")
+        if event.direction == events_pb2.INBOUND and which in _USER_ACTIONS:
+            conv.last_inbound_ms = max(conv.last_inbound_ms, event.timestamp_ms)
         if which == "message" and event.message.is_deleted:
             await self._unsend(event.message.mid or event.id)
         elif which == "message":

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import grpc
 
 from pagewire.kit.errors import Unavailable
 from pagewire.proto import events_pb2, subscriptions_pb2, subscriptions_pb2_grpc
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    """What the router needs to know of a connected page."""
+
+    account_id: str
+    human_agent: bool
 
 
 class PageDirectory:
@@ -23,10 +32,15 @@ class PageDirectory:
         self._stub = stub
         self._ttl_s = ttl_s
         self._timeout_s = timeout_s
-        self._cache: dict[tuple[int, str], tuple[str, float]] = {}
+        self._cache: dict[tuple[int, str], tuple[PageInfo, float]] = {}
 
     async def account_for(self, platform: int, page_id: str, *, fresh: bool = False) -> str | None:
         """The page's account id, or None when the page is not connected."""
+        info = await self.page(platform, page_id, fresh=fresh)
+        return info.account_id if info else None
+
+    async def page(self, platform: int, page_id: str, *, fresh: bool = False) -> PageInfo | None:
+        """The connected page, or None when it is not connected."""
         key = (platform, page_id)
         if not fresh:
             hit = self._cache.get(key)
@@ -46,8 +60,9 @@ class PageDirectory:
             raise Unavailable(
                 f"subscriptions service unavailable ({exc.code().name}) for page {page_id}"
             ) from None
-        self._cache[key] = (reply.page.account_id, time.monotonic() + self._ttl_s)
-        return reply.page.account_id
+        info = PageInfo(reply.page.account_id, reply.page.human_agent)
+        self._cache[key] = (info, time.monotonic() + self._ttl_s)
+        return info
 
     def forget(self, platform: int, page_id: str) -> None:
         self._cache.pop((platform, page_id), None)

@@ -7,12 +7,13 @@ import json
 import grpc
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from pagewire.kit.errors import InvalidArgument
+from pagewire.kit.errors import FailedPrecondition, InvalidArgument
 from pagewire.kit.validate import platform_and_page
 from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc
 from services.router.feed import changes_after
 from services.router.history import History, MessageView, message_views
 from services.router.routing import Router
+from services.router.send import Sender
 from services.router.store import Contact, Conversation, EventLog, Message
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
@@ -43,6 +44,7 @@ def _conversation(row: Conversation, contact: Contact | None = None) -> router_p
         read_watermark_ms=row.read_watermark_ms,
         created_at_ms=row.created_at_ms,
         thread_owner_app_id=row.thread_owner_app_id,
+        last_inbound_ms=row.last_inbound_ms,
     )
 
 
@@ -95,16 +97,27 @@ def _message(view: MessageView) -> router_pb2.Message:
         is_unsupported=row.is_unsupported,
         reply_to_story_url=row.reply_to_story_url,
         referral_json=row.referral_json,
+        error_code=row.error_code,
+        error_subcode=row.error_subcode,
+        error_message=row.error_message,
+        idempotency_key=row.idempotency_key,
     )
 
 
 class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     """Ingest, listing and parked-event routing over gRPC."""
 
-    def __init__(self, router: Router, history: History, sessions: async_sessionmaker) -> None:
+    def __init__(
+        self,
+        router: Router,
+        history: History,
+        sessions: async_sessionmaker,
+        sender: Sender | None = None,
+    ) -> None:
         self._router = router
         self._history = history
         self._sessions = sessions
+        self._sender = sender
 
     async def Ingest(
         self, request: router_pb2.IngestRequest, context: grpc.aio.ServicerContext
@@ -217,3 +230,32 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                 if event is not None:
                     out.event.CopyFrom(_event(event))
         return out
+
+    async def SendMessage(
+        self, request: router_pb2.SendMessageRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.SendMessageResponse:
+        if self._sender is None:
+            raise FailedPrecondition("sending is not configured on this router")
+        result = await self._sender.send(request)
+        async with self._sessions() as session:
+            rows = [await session.get(Message, i) for i in result.message_ids]
+            views = await message_views(session, [r for r in rows if r is not None])
+        return router_pb2.SendMessageResponse(
+            state=router_pb2.SendState.Value(result.state),
+            mids=[m for m in result.mids if m],
+            messages=[_message(v) for v in views],
+            messaging_type=result.messaging_type,
+            tag=result.tag,
+            error_code=result.error_code,
+            error_subcode=result.error_subcode,
+            error_message=result.error_message,
+            replayed=result.replayed,
+        )
+
+    async def SendAction(
+        self, request: router_pb2.SendActionRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.SendActionResponse:
+        if self._sender is None:
+            raise FailedPrecondition("sending is not configured on this router")
+        await self._sender.action(request)
+        return router_pb2.SendActionResponse()

@@ -78,6 +78,8 @@ class Conversation(Base):
     fence: Mapped[int] = mapped_column(BigInteger, default=0)
     thread_owner_app_id: Mapped[str] = mapped_column(String(64), default="")
     thread_owner_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The person's latest action: the Send API's windows are counted from it.
+    last_inbound_ms: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Message(Base):
@@ -113,6 +115,36 @@ class Message(Base):
     is_unsupported: Mapped[bool] = mapped_column(Boolean, default=False)
     reply_to_story_url: Mapped[str] = mapped_column(Text, default="")
     referral_json: Mapped[str] = mapped_column(Text, default="")
+    error_code: Mapped[int] = mapped_column(Integer, default=0)
+    error_subcode: Mapped[int] = mapped_column(Integer, default=0)
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    idempotency_key: Mapped[str] = mapped_column(String(128), default="")
+
+
+class OutboundSend(Base):
+    """A send, recorded before Graph is called, so a retry never sends twice."""
+
+    __tablename__ = "outbound_sends"
+    __table_args__ = (
+        UniqueConstraint("platform", "page_id", "idempotency_key", name="uq_outbound_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    page_id: Mapped[str] = mapped_column(String(128))
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # PENDING (Graph being called), ACCEPTED, REJECTED or UNKNOWN.
+    state: Mapped[str] = mapped_column(String(16))
+    mids_json: Mapped[str] = mapped_column(Text, default="[]")
+    messaging_type: Mapped[str] = mapped_column(String(32), default="")
+    tag: Mapped[str] = mapped_column(String(32), default="")
+    error_code: Mapped[int] = mapped_column(Integer, default=0)
+    error_subcode: Mapped[int] = mapped_column(Integer, default=0)
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_at_ms: Mapped[int] = mapped_column(BigInteger)
 
 
 class MessageEdit(Base):
@@ -303,6 +335,7 @@ async def find_or_create_conversation(
             fence=0,
             thread_owner_app_id="",
             thread_owner_ms=0,
+            last_inbound_ms=0,
         )
         .returning(Conversation.id)
     )

@@ -101,6 +101,7 @@ class Connections:
         *,
         move: bool,
         token_expires_at_ms: int = 0,
+        human_agent: bool = False,
     ) -> Connected:
         """Stores the token, subscribes and confirms, stores the connection, routes parked events.
 
@@ -131,6 +132,7 @@ class Connections:
                     outcome=outcome,
                     allow_move=move,
                     now=now_ms(),
+                    human_agent=human_agent,
                 )
                 if owner is None:
                     # Another account connected the page between our check and this write.

@@ -118,6 +118,7 @@ def to_proto(page: PageConnection, details: Details | None = None) -> subscripti
         repairs=page.repairs,
         last_repair=page.last_repair,
         last_repair_at_ms=page.last_repair_at_ms,
+        human_agent=page.human_agent,
         **extra,
     )
 
@@ -163,6 +164,7 @@ class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceSe
             fields,
             move=request.move,
             token_expires_at_ms=request.token_expires_at_ms,
+            human_agent=request.human_agent,
         )
         return subscriptions_pb2.ConnectPageResponse(
             page=to_proto(result.page), parked_routed=result.parked_routed

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Index,
     Integer,
@@ -58,6 +59,7 @@ class PageConnection(Base):
     repairs: Mapped[int] = mapped_column(Integer, default=0)
     last_repair: Mapped[str] = mapped_column(Text, default="")
     last_repair_at_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    human_agent: Mapped[bool] = mapped_column(Boolean, default=False)
 
     @property
     def fields(self) -> list[str]:
@@ -170,6 +172,7 @@ async def save_connection(
     outcome: Outcome,
     allow_move: bool,
     now: int,
+    human_agent: bool = False,
 ) -> str | None:
     """Inserts or updates the connection; returns None when it belongs to another account.
 
@@ -185,6 +188,7 @@ async def save_connection(
         "last_error_code": outcome.last_error_code,
         "last_error_subcode": outcome.last_error_subcode,
         "updated_at_ms": now,
+        "human_agent": human_agent,
     }
     stmt = insert(PageConnection).values(
         platform=platform, page_id=page_id, created_at_ms=now, **changes

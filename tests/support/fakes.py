@@ -14,6 +14,7 @@ class FakeSubscriptions(subscriptions_pb2_grpc.SubscriptionsServiceServicer):
     def __init__(self) -> None:
         self.pages: dict[tuple[int, str], str] = {}
         self.statuses: dict[tuple[int, str], int] = {}
+        self.human_agent: dict[tuple[int, str], bool] = {}
         self.get_page_calls = 0
 
     def connect(
@@ -22,9 +23,11 @@ class FakeSubscriptions(subscriptions_pb2_grpc.SubscriptionsServiceServicer):
         account: str,
         platform: int = events_pb2.FACEBOOK,
         status: int = subscriptions_pb2.SUBSCRIBED,
+        human_agent: bool = False,
     ) -> None:
         self.pages[(platform, page_id)] = account
         self.statuses[(platform, page_id)] = status
+        self.human_agent[(platform, page_id)] = human_agent
 
     async def GetPage(self, request, context):  # type: ignore[no-untyped-def]
         self.get_page_calls += 1
@@ -37,6 +40,7 @@ class FakeSubscriptions(subscriptions_pb2_grpc.SubscriptionsServiceServicer):
                 page_id=request.page_id,
                 account_id=account,
                 status=self.statuses[(request.platform, request.page_id)],
+                human_agent=self.human_agent[(request.platform, request.page_id)],
             )
         )
 

@@ -19,6 +19,7 @@ from services.router.mutex import RedisLocks, redis_client
 from services.router.pages import PageDirectory
 from services.router.profiles import ProfileFetcher
 from services.router.routing import BeforeWrite, Router
+from services.router.send import Sender
 from services.router.server import SERVICE_NAME, RouterServiceServicer
 from tests.support.fakes import FakeSubscriptions, serve_fake_subscriptions
 
@@ -48,6 +49,7 @@ async def router_harness(
     wait_ms: int = 3000,
     before_write: BeforeWrite | None = None,
     profiles: Callable[[async_sessionmaker], ProfileFetcher] | None = None,
+    sender: Callable[[async_sessionmaker, RedisLocks, PageDirectory], Sender] | None = None,
 ) -> AsyncIterator[RouterHarness]:
     """Starts the pieces, yields the harness, and stops everything afterwards."""
     fake = FakeSubscriptions()
@@ -57,10 +59,11 @@ async def router_harness(
     factory = sessions(engine)
     locks = RedisLocks(redis_client(redis_url), redis_prefix, ttl_ms=ttl_ms, wait_ms=wait_ms)
     fetcher = profiles(factory) if profiles is not None else None
+    pages = PageDirectory(subscriptions_pb2_grpc.SubscriptionsServiceStub(channel), 30, 2)
     router = Router(
         factory,
         locks,
-        PageDirectory(subscriptions_pb2_grpc.SubscriptionsServiceStub(channel), 30, 2),
+        pages,
         fences=Fences(engine),
         before_write=before_write,
         profiles=fetcher,
@@ -68,7 +71,13 @@ async def router_harness(
     service = await start_server(
         names=[SERVICE_NAME],
         register=lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(
-            RouterServiceServicer(router, History(factory), factory), s
+            RouterServiceServicer(
+                router,
+                History(factory),
+                factory,
+                sender(factory, locks, pages) if sender is not None else None,
+            ),
+            s,
         ),
     )
     router_channel = open_channel(f"127.0.0.1:{service.port}")
