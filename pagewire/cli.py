@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -17,17 +18,21 @@ import grpc
 
 from pagewire.cliformat import dump_json, iso, table, to_dict
 from pagewire.kit.settings import SettingsError, env_secret, grpc_target, var_dir
+from pagewire.kit.tls import GrpcSecurity
 from pagewire.proto import (
     events_pb2,
     router_pb2,
     router_pb2_grpc,
     subscriptions_pb2,
     subscriptions_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
 )
 
 PLATFORMS = {"facebook": events_pb2.FACEBOOK, "instagram": events_pb2.INSTAGRAM}
 PORTS = {"router": 50051, "tokens": 50052, "subscriptions": 50053}
 RPC_TIMEOUT_S = 30.0
+ROTATE_TIMEOUT_S = 3600.0  # a rotation rewraps every stored token before it answers
 
 
 class CliError(Exception):
@@ -42,12 +47,22 @@ def _platform(name: str) -> int:
     return PLATFORMS[name]
 
 
-async def _call(service: str, stub_type: type, method: str, request: object) -> object:
-    """One RPC to `service`, with a deadline and an error a person can act on."""
+def _security() -> GrpcSecurity:
+    """The CLI's own certificate: PAGEWIRE_TLS_*, else var/tls/cli.* (written by `make run`)."""
+    try:
+        return GrpcSecurity.from_env(os.environ, "cli", default_dir=var_dir(os.environ) / "tls")
+    except SettingsError as exc:
+        raise CliError(f"{exc}; `make run` writes var/tls/cli.pem for this", code=2) from None
+
+
+async def _call(
+    service: str, stub_type: type, method: str, request: object, timeout: float = RPC_TIMEOUT_S
+) -> object:
+    """One RPC to `service` over mutual TLS, with a deadline and an error a person can act on."""
     target = grpc_target(os.environ, service, PORTS[service])
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with _security().channel(target, service) as channel:
         try:
-            return await getattr(stub_type(channel), method)(request, timeout=RPC_TIMEOUT_S)
+            return await getattr(stub_type(channel), method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or ""):
                 raise CliError(
@@ -129,6 +144,7 @@ async def pages_connect(args: argparse.Namespace) -> str:
             page_token=token,
             subscribed_fields=fields,
             move=args.move,
+            human_agent=args.human_agent,
             token_expires_at_ms=_expires_at_ms(args.token_expires_in),
         ),
     )
@@ -325,6 +341,63 @@ async def messages_list(args: argparse.Namespace) -> str:
     return table(rows, ("META TIME", "DIRECTION", "STATUS", "MID", "TEXT"))
 
 
+def _target(args: argparse.Namespace) -> dict[str, object]:
+    if not args.conversation and not (args.page_id and args.user):
+        raise CliError("give --conversation, or --page-id and --user", code=2)
+    return {
+        "conversation_id": args.conversation or "",
+        "platform": _platform(args.platform),
+        "page_id": args.page_id or "",
+        "user_id": args.user or "",
+    }
+
+
+async def messages_send(args: argparse.Namespace) -> str:
+    attachments = []
+    for spec in args.attachment:
+        kind, _, url = spec.partition("=")
+        if not url:
+            raise CliError(f"--attachment {spec!r}: use TYPE=URL", code=2)
+        attachments.append(router_pb2.OutgoingAttachment(type=kind, url=url))
+    replies = []
+    for spec in args.quick_reply:
+        title, _, payload = spec.partition("=")
+        replies.append(router_pb2.QuickReply(title=title, payload=payload or title))
+    reply = await _call(
+        "router",
+        router_pb2_grpc.RouterServiceStub,
+        "SendMessage",
+        router_pb2.SendMessageRequest(
+            text=args.text,
+            attachments=attachments,
+            quick_replies=replies,
+            metadata=args.metadata,
+            idempotency_key=args.idempotency_key or secrets.token_urlsafe(16),
+            human_agent=args.human_agent,
+            **_target(args),  # type: ignore[arg-type]
+        ),
+    )
+    if args.json:
+        return dump_json(reply)
+    state = router_pb2.SendState.Name(reply.state)
+    line = f"{state} ({reply.messaging_type}{' ' + reply.tag if reply.tag else ''})"
+    if reply.mids:
+        line += ": " + ", ".join(reply.mids)
+    if reply.error_message:
+        line += f" — {reply.error_code}/{reply.error_subcode}: {reply.error_message}"
+    return line + (" [replayed]" if reply.replayed else "")
+
+
+async def messages_action(args: argparse.Namespace) -> str:
+    await _call(
+        "router",
+        router_pb2_grpc.RouterServiceStub,
+        "SendAction",
+        router_pb2.SendActionRequest(action=args.action_name, **_target(args)),  # type: ignore[arg-type]
+    )
+    return "" if args.json else f"{args.action_name} sent"
+
+
 async def events_tail(args: argparse.Namespace) -> str:
     """Prints an account's changes after a cursor, then new ones as they commit (Ctrl-C stops)."""
     target = grpc_target(os.environ, "router", PORTS["router"])
@@ -404,6 +477,111 @@ def webhook_send(args: argparse.Namespace) -> str:
     return text if args.json else f"{response.status_code} {text}"
 
 
+def _tokens(method: str, request: object, timeout: float = RPC_TIMEOUT_S) -> Awaitable[object]:
+    return _call("tokens", tokens_pb2_grpc.TokensServiceStub, method, request, timeout)
+
+
+async def tokens_rotate(args: argparse.Namespace) -> str:
+    reply = await _tokens(
+        "RotateKeys",
+        tokens_pb2.RotateKeysRequest(
+            new_key_id=args.key_id or "",
+            generate_key=not args.key_id,
+            batch_size=args.batch_size,
+        ),
+        ROTATE_TIMEOUT_S,
+    )
+    if args.json:
+        return dump_json(reply)
+    lines = [
+        f"primary key: {reply.previous_primary_key_id} -> {reply.primary_key_id}"
+        + (" (generated into the key ring file)" if reply.key_ring_file_updated else ""),
+        f"rewrapped {reply.rewrapped} token(s); {reply.failed} could not be opened",
+    ]
+    for page in reply.failed_pages:
+        platform = events_pb2.Platform.Name(page.platform).lower()
+        lines.append(f"  not rewrapped: {platform} page {page.page_id}")
+    lines.append("see `pagewire tokens keys` for what each key still seals")
+    return "\n".join(lines)
+
+
+async def tokens_keys(args: argparse.Namespace) -> str:
+    reply = await _tokens("ListKeys", tokens_pb2.ListKeysRequest())
+    if args.json:
+        return dump_json(reply)
+    rows = [
+        (
+            k.key_id,
+            "yes" if k.primary else "",
+            "yes" if k.in_key_ring else "MISSING",
+            str(k.tokens),
+            str(k.legacy_format_tokens),
+            iso(k.retired_at_ms) if k.retired else "",
+        )
+        for k in reply.keys
+    ]
+    out = table(rows, ("KEY ID", "PRIMARY", "IN KEY RING", "TOKENS", "LEGACY FORMAT", "RETIRED"))
+    removable = [k.key_id for k in reply.keys if not k.primary and not k.tokens and not k.retired]
+    if removable:
+        out += "\nunused, can be removed: " + ", ".join(removable)
+        out += " (pagewire tokens remove-key --key-id <id>)"
+    return out
+
+
+async def tokens_remove_key(args: argparse.Namespace) -> str:
+    reply = await _tokens("RemoveKey", tokens_pb2.RemoveKeyRequest(key_id=args.key_id))
+    return dump_json(reply) if args.json else f"key {args.key_id} retired: {reply.note}"
+
+
+async def tokens_audit(args: argparse.Namespace) -> str:
+    reply = await _tokens(
+        "ListAudit",
+        tokens_pb2.ListAuditRequest(
+            platform=_platform(args.platform) if args.platform else 0,
+            page_id=args.page_id or "",
+            limit=args.limit,
+        ),
+    )
+    entries = list(reply.entries)
+    if args.json:
+        return dump_json(entries)
+    rows = [
+        (
+            iso(e.at_ms),
+            e.caller,
+            e.action,
+            events_pb2.Platform.Name(e.page.platform).lower() if e.HasField("page") else "",
+            e.page.page_id if e.HasField("page") else "",
+            e.outcome,
+            e.detail,
+        )
+        for e in entries
+    ]
+    return table(rows, ("TIME", "CALLER", "ACTION", "PLATFORM", "PAGE", "OUTCOME", "DETAIL"))
+
+
+async def tokens_status(args: argparse.Namespace) -> str:
+    reply = await _tokens(
+        "GetTokenStatus",
+        tokens_pb2.GetTokenStatusRequest(
+            page=tokens_pb2.PageRef(platform=_platform(args.platform), page_id=args.page_id)
+        ),
+    )
+    if args.json:
+        return dump_json(reply)
+    rows = [
+        (
+            tokens_pb2.TokenStatus.Name(reply.status),
+            reply.key_id,
+            str(reply.format_version),
+            iso(reply.created_at_ms),
+            iso(reply.updated_at_ms),
+            reply.reason,
+        )
+    ]
+    return table(rows, ("STATUS", "KEY ID", "FORMAT", "CREATED", "UPDATED", "REASON"))
+
+
 def fake_graph(args: argparse.Namespace) -> str:
     from pagewire.fakegraph import serve
 
@@ -437,6 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--platform", choices=sorted(PLATFORMS), required=True)
         sub.add_argument("--page-id", required=True, help="Page id or Instagram account id")
 
+    def conversation_args(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--conversation")
+        sub.add_argument("--platform", choices=sorted(PLATFORMS), default="facebook")
+        sub.add_argument("--page-id")
+        sub.add_argument("--user", help="PSID / IGSID (with --page-id)")
+
     pages = groups.add_parser("pages", help="page connections").add_subparsers(
         dest="action", required=True
     )
@@ -446,6 +630,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--token-file", required=True, help="file holding the page token ('-': stdin)")
     sub.add_argument("--fields", help="comma-separated webhook fields (default: all we handle)")
     sub.add_argument("--move", action="store_true", help="allow moving from another account")
+    sub.add_argument(
+        "--human-agent",
+        action="store_true",
+        help="the app has Meta's Human Agent permission: replies may use the 7-day tag",
+    )
     sub.add_argument(
         "--token-expires-in",
         type=int,
@@ -495,8 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--limit", type=int, default=100)
 
     messages = groups.add_parser("messages", help="stored messages")
+    message_actions = messages.add_subparsers(dest="action", required=True)
     sub = command(
-        messages.add_subparsers(dest="action", required=True),
+        message_actions,
         "list",
         messages_list,
         "list messages of a conversation, in Meta's timestamp order",
@@ -506,6 +696,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--user", help="PSID / IGSID (with --page-id)")
     sub.add_argument("--platform", choices=sorted(PLATFORMS))
     sub.add_argument("--limit", type=int, default=100)
+    sub = command(message_actions, "send", messages_send, "reply through the Send API")
+    conversation_args(sub)
+    sub.add_argument("--text", default="")
+    sub.add_argument(
+        "--attachment",
+        action="append",
+        default=[],
+        metavar="TYPE=URL",
+        help="image, audio, video or file by https URL; repeatable",
+    )
+    sub.add_argument("--quick-reply", action="append", default=[], metavar="TITLE[=PAYLOAD]")
+    sub.add_argument("--metadata", default="")
+    sub.add_argument(
+        "--idempotency-key",
+        help="the same key never sends twice (default: a new random key)",
+    )
+    sub.add_argument("--human-agent", action="store_true", help="outside 24 h: HUMAN_AGENT tag")
+    sub = command(message_actions, "action", messages_action, "typing_on, typing_off, mark_seen")
+    conversation_args(sub)
+    sub.add_argument("action_name", choices=("typing_on", "typing_off", "mark_seen"))
 
     events = groups.add_parser("events", help="the change feed")
     sub = command(
@@ -527,6 +737,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("file")
     sub.add_argument("--secret", help="app secret (default: PAGEWIRE_APP_SECRET or var/app_secret)")
     sub.add_argument("--url", help="gateway base URL (default http://127.0.0.1:8080)")
+
+    tokens = groups.add_parser("tokens", help="the token vault's keys and audit").add_subparsers(
+        dest="action", required=True
+    )
+    sub = command(
+        tokens,
+        "rotate",
+        tokens_rotate,
+        "make a key the primary and rewrap every stored token with it",
+    )
+    sub.add_argument(
+        "--key-id",
+        help="a key already in the key ring (Secret); without it the service generates one"
+        " into its key ring file (only when that file is writable, as with `make run`)",
+    )
+    sub.add_argument("--batch-size", type=int, default=0, help="tokens per transaction (200)")
+    command(tokens, "keys", tokens_keys, "key ids and how many stored tokens each one seals")
+    sub = command(tokens, "remove-key", tokens_remove_key, "retire a key no token uses any more")
+    sub.add_argument("--key-id", required=True)
+    sub = command(tokens, "audit", tokens_audit, "who did what to page tokens, newest first")
+    sub.add_argument("--page-id", help="only this page (default: everything, rotations too)")
+    sub.add_argument("--platform", choices=sorted(PLATFORMS))
+    sub.add_argument("--limit", type=int, default=50)
+    page_args(command(tokens, "status", tokens_status, "a page token's status, never the token"))
 
     sub = groups.add_parser("fake-graph", help="run the local Graph API stand-in")
     sub.set_defaults(handler=fake_graph, json=False)

@@ -1,8 +1,10 @@
 """`make run`: the whole suite on one machine with embedded defaults.
 
 SQLite under var/, an in-process lock, a key ring and dev secrets generated
-into var/ (mode 0600) and printed once. Setting PAGEWIRE_DATABASE_URL and
-PAGEWIRE_REDIS_URL switches to PostgreSQL and Redis. Ctrl-C stops everything.
+into var/ (mode 0600) and printed once, and mutual TLS between the services: a
+local CA and one certificate per service in var/tls/, each child started with
+its own. Setting PAGEWIRE_DATABASE_URL and PAGEWIRE_REDIS_URL switches to
+PostgreSQL and Redis. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Callable, MutableMapping
 from pathlib import Path
 
 from pagewire.kit import migrate
-from pagewire.kit.settings import SettingsError, database_url, var_dir
+from pagewire.kit.settings import SettingsError, database_url, env_bool, var_dir
+from pagewire.kit.tls import DevPki, GrpcSecurity, generate_pki
 from pagewire.probe import grpc_serving, http_ok
 from services.tokens.vault import generate_keyring
 
@@ -66,23 +69,38 @@ def prepare(environ: MutableMapping[str, str]) -> list[str]:
     return notes
 
 
-def _healthy(service: str, environ: MutableMapping[str, str]) -> bool:
+def prepare_tls(environ: MutableMapping[str, str]) -> tuple[DevPki | None, str]:
+    """mTLS for every child (a CA and a certificate per service in var/tls/), unless opted out."""
+    if env_bool(environ, "INSECURE_GRPC", False):
+        return None, "PAGEWIRE_INSECURE_GRPC=1: gRPC WITHOUT TLS between the services (debugging)"
+    if any(environ.get(f"PAGEWIRE_TLS_{name}") for name in ("CA_FILE", "CERT_FILE", "KEY_FILE")):
+        return None, "mutual TLS with the certificate named by PAGEWIRE_TLS_* (for every service)"
+    pki = generate_pki(var_dir(environ) / "tls")
+    return pki, f"mutual TLS: local CA and a certificate per service in {pki.directory}"
+
+
+def _healthy(service: str, environ: MutableMapping[str, str], probe: GrpcSecurity) -> bool:
     if service == "gateway":
         port = environ.get("PAGEWIRE_GATEWAY_PORT", "8080")
         return http_ok(f"http://127.0.0.1:{port}/healthz")
     defaults = {"router": 50051, "tokens": 50052, "subscriptions": 50053}
     port = environ.get(f"PAGEWIRE_{service.upper()}_PORT", str(defaults[service]))
-    return grpc_serving(f"127.0.0.1:{port}")
+    return grpc_serving(
+        f"127.0.0.1:{port}", credentials=probe.channel_credentials(), server_name=service
+    )
 
 
 def main() -> int:
     environ = dict(os.environ)
     try:
         notes = prepare(environ)
+        pki, tls_note = prepare_tls(environ)
+        # The supervisor probes health as the CLI identity, like an operator would.
+        probe = pki.security("cli") if pki else GrpcSecurity.from_env(environ, "cli")
     except SettingsError as exc:
         print(f"make run: configuration error: {exc}", file=sys.stderr)
         return 2
-    for line in notes:
+    for line in [*notes, tls_note]:
         print(f"pagewire: {line}", flush=True)
 
     children: dict[str, subprocess.Popen[bytes]] = {}
@@ -95,8 +113,10 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     for service in SERVICES:
+        # Each child runs with its own certificate: its identity is what the others check.
+        child_env = {**environ, **pki.env(service)} if pki else environ
         children[service] = subprocess.Popen(
-            [sys.executable, "-m", f"services.{service}"], env=environ, start_new_session=True
+            [sys.executable, "-m", f"services.{service}"], env=child_env, start_new_session=True
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     pending = set(SERVICES)
@@ -107,7 +127,7 @@ def main() -> int:
                 print(f"pagewire: {service} exited with {child.returncode}", file=sys.stderr)
                 stopping, exit_code = True, 1
         for service in sorted(pending):
-            if _healthy(service, environ):
+            if _healthy(service, environ, probe):
                 pending.discard(service)
                 if not pending:
                     port = environ.get("PAGEWIRE_GATEWAY_PORT", "8080")

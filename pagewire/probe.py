@@ -9,9 +9,22 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-def grpc_serving(target: str, service: str = "", timeout: float = 1.0) -> bool:
-    """True when the gRPC health service at `target` answers SERVING."""
-    with grpc.insecure_channel(target) as channel:
+def grpc_serving(
+    target: str,
+    service: str = "",
+    timeout: float = 1.0,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    server_name: str | None = None,
+) -> bool:
+    """True when the gRPC health service at `target` answers SERVING (over mTLS with
+    `credentials`, expecting `server_name` in the server's certificate)."""
+    if credentials is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        channel = grpc.secure_channel(target, credentials, options=options)
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout

@@ -15,6 +15,9 @@ import redis.asyncio as aioredis
 
 from pagewire.kit import migrate
 
+# Fails the run when a page token shows up in any log line or logged exception.
+pytest_plugins = ("tests.support.secretscan",)
+
 ADMIN_PG = os.environ.get("PAGEWIRE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_REDIS = os.environ.get("PAGEWIRE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 RUN_ID = secrets.token_hex(4)

@@ -86,6 +86,9 @@ class GrpcService:
     port: int
     names: Sequence[str]
     closers: list[Closer] = field(default_factory=list)
+    # The plaintext health-only server for kubelet probes (start_server's health_port).
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
 
     async def stop(self, grace: float = 5.0, drain: float = 0.0) -> None:
         """NOT_SERVING first (so load balancers stop sending), drain, stop, close clients."""
@@ -94,6 +97,8 @@ class GrpcService:
         if drain > 0:
             await asyncio.sleep(drain)  # the drain window itself, not a synchronisation
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         for close in reversed(self.closers):
             try:
                 await close()
@@ -109,8 +114,16 @@ async def start_server(
     port: int = 0,
     closers: Sequence[Closer] = (),
     max_connection_age_s: int = 300,
+    credentials: grpc.ServerCredentials | None = None,
+    health_port: int | None = None,
 ) -> GrpcService:
-    """Builds, binds and starts a server; port 0 picks a free port (tests)."""
+    """Builds, binds and starts a server; port 0 picks a free port (tests).
+
+    With `credentials` (pagewire.kit.tls: mutual TLS, client certificate required)
+    the port speaks TLS only; without them it is plaintext. With `health_port` a
+    second, plaintext server answers grpc.health.v1 alone (the same statuses) for
+    the kubelet's native gRPC probes, which cannot present a client certificate.
+    """
     server = grpc.aio.server(
         interceptors=[ErrorMappingInterceptor()],
         options=[
@@ -133,13 +146,34 @@ async def start_server(
         ),
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")
+    health_server, health_bound = None, None
+    if health_port is not None:
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_bound = health_server.add_insecure_port(f"{host}:{health_port}")
+        if health_bound == 0:
+            raise OSError(f"cannot bind gRPC health port {host}:{health_port}")
     await server.start()
+    if health_server is not None:
+        await health_server.start()
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return GrpcService(server, health_servicer, bound, list(names), list(closers))
+    return GrpcService(
+        server,
+        health_servicer,
+        bound,
+        list(names),
+        list(closers),
+        health_server=health_server,
+        health_port=health_bound,
+    )
 
 
 async def serve_until_signal(service: GrpcService, *, drain: float, grace: float) -> None:

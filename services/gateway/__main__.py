@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 from pagewire.kit.logs import setup_logging
 from pagewire.kit.runner import run
 from pagewire.kit.settings import current_environ
+from pagewire.kit.tls import GrpcSecurity
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 
@@ -83,8 +84,10 @@ def build_server(
 async def main() -> None:
     """Reads the settings (failing fast on a missing secret) and serves until signalled."""
     settings = GatewaySettings.from_env(current_environ())
+    security = GrpcSecurity.from_env(current_environ(), "gateway")
     setup_logging("gateway", settings.log_level)
-    server = build_server(settings, create_app(settings))
+    security.announce(log)
+    server = build_server(settings, create_app(settings, security=security))
     log.info(
         "gateway starting",
         extra={

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from pagewire.kit.channels import open_channel
 from pagewire.kit.settings import Secret
+from pagewire.kit.tls import GrpcSecurity
 from pagewire.proto import router_pb2, router_pb2_grpc
 from services.gateway.config import GatewaySettings
 from services.gateway.normalize import (
@@ -75,6 +76,7 @@ def create_app(
     ingest: Router | None = None,
     *,
     ready: ReadyFn | None = None,
+    security: GrpcSecurity | None = None,
 ) -> Starlette:
     """The Starlette app.
 
@@ -91,7 +93,11 @@ def create_app(
         if ingest is not None:
             yield
             return
-        channel = open_channel(settings.router_addr)
+        # Mutual TLS with the gateway's own certificate (pagewire.kit.tls); plaintext without.
+        if security is not None:
+            channel = security.channel(settings.router_addr, "router")
+        else:
+            channel = open_channel(settings.router_addr)
         link.ingest = _as_ingest_fn(router_pb2_grpc.RouterServiceStub(channel))
         link.ready = _health_check(health_pb2_grpc.HealthStub(channel))
         try:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
-from pagewire.kit.channels import open_channel
+from pagewire.graph import GraphClient, PagesApi
 from pagewire.kit.db import create_engine, sessions
 from pagewire.kit.grpcserver import serve_until_signal, start_server
 from pagewire.kit.logs import setup_logging
 from pagewire.kit.runner import run
 from pagewire.kit.settings import current_environ
+from pagewire.kit.tls import GrpcSecurity
+from pagewire.kit.tokens_client import TokenCache, cache_ttl_from_env
 from services.subscriptions.clients import RouterClient, TokensClient
 from services.subscriptions.config import SubscriptionsSettings
 from services.subscriptions.connections import Connections
-from services.subscriptions.graph import GraphClient
+from services.subscriptions.details import DetailsReader
+from services.subscriptions.reconcile import Reconciler
 from services.subscriptions.server import SERVICE_NAME, SubscriptionsServiceServicer, register
 
 log = logging.getLogger("pagewire.subscriptions")
@@ -21,33 +26,61 @@ log = logging.getLogger("pagewire.subscriptions")
 
 async def main() -> None:
     settings = SubscriptionsSettings.from_env(current_environ())
+    security = GrpcSecurity.from_env(current_environ(), "subscriptions")
     setup_logging("subscriptions", settings.log_level)
+    security.announce(log)
     engine = create_engine(settings.database_url, "subscriptions")
-    tokens_channel = open_channel(settings.tokens_target)
-    router_channel = open_channel(settings.router_target)
-    graph = GraphClient(
-        graph_url=settings.graph_url,
-        instagram_graph_url=settings.instagram_graph_url,
-        version=settings.graph_version,
-        timeout_s=settings.graph_timeout_s,
+    tokens_channel = security.channel(settings.tokens_target, "tokens")
+    router_channel = security.channel(settings.router_target, "router")
+    graph = GraphClient(settings.graph, user_agent="pagewire-subscriptions")
+    pages_api = PagesApi(graph)
+    vault = TokenCache(
+        TokensClient(tokens_channel, settings.rpc_timeout_s), cache_ttl_from_env(current_environ())
     )
+    router = RouterClient(router_channel, settings.route_parked_timeout_s)
     connections = Connections(
         sessions(engine),
-        vault=TokensClient(tokens_channel, settings.rpc_timeout_s),
-        graph=graph,
-        router=RouterClient(router_channel, settings.route_parked_timeout_s),
+        vault=vault,
+        graph=pages_api,
+        router=router,
         default_fields=settings.default_fields,
+        app_ids=settings.app_ids,
     )
+    reconciler = Reconciler(
+        sessions(engine),
+        vault=vault,
+        graph=pages_api,
+        subscriber=connections.subscriber,
+        settings=settings.reconcile,
+    )
+    details = DetailsReader(vault, router, timeout_s=settings.rpc_timeout_s)
+    if not settings.graph.app_id:
+        log.warning(
+            "PAGEWIRE_APP_ID is not set: subscription checks count every app subscribed to a"
+            " page as ours; set it to the Meta app id"
+        )
     log.info(
         "graph api",
         extra={
-            "graph_url": settings.graph_url,
-            "instagram_graph_url": settings.instagram_graph_url,
-            "graph_version": settings.graph_version,
+            "graph_url": settings.graph.url,
+            "instagram_graph_url": settings.graph.instagram_url,
+            "graph_version": settings.graph.version,
+            "appsecret_proof": settings.graph.appsecret_proof,
+            "reconcile_interval_s": settings.reconcile.interval_s,
             "tokens": settings.tokens_target,
             "router": settings.router_target,
         },
     )
+
+    stop = asyncio.Event()
+    loop: asyncio.Task[None] | None = None
+
+    async def stop_reconcile() -> None:
+        stop.set()
+        if loop is not None:
+            # A run in progress gets a moment to record its results, then is cancelled.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(loop, settings.grace_s)
 
     async def close_channels() -> None:
         await tokens_channel.close()
@@ -55,11 +88,16 @@ async def main() -> None:
 
     service = await start_server(
         names=[SERVICE_NAME],
-        register=register(SubscriptionsServiceServicer(connections)),
+        register=register(SubscriptionsServiceServicer(connections, reconciler, details)),
         host=settings.host,
         port=settings.port,
-        closers=[engine.dispose, graph.aclose, close_channels],
+        # Closed in reverse: the reconcile loop first, while its clients still work.
+        closers=[engine.dispose, graph.aclose, close_channels, stop_reconcile],
+        credentials=security.server_credentials(),
+        health_port=security.health_port,
     )
+    if settings.reconcile.interval_s > 0:
+        loop = asyncio.create_task(reconciler.loop(stop), name="reconcile")
     await serve_until_signal(service, drain=settings.drain_s, grace=settings.grace_s)
 
 

@@ -20,6 +20,7 @@ from pagewire.kit.errors import (
 )
 from pagewire.kit.settings import Secret
 from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc, tokens_pb2, tokens_pb2_grpc
+from services.subscriptions.ports import TokenState
 
 _UNREACHABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -69,9 +70,11 @@ class TokensClient:
     def _page(platform: str, page_id: str) -> tokens_pb2.PageRef:
         return tokens_pb2.PageRef(platform=_platform(platform), page_id=page_id)
 
-    async def put(self, platform: str, page_id: str, token: Secret) -> str:
-        """Stores the token; returns the key id that sealed it."""
-        request = tokens_pb2.PutTokenRequest(page=self._page(platform, page_id), token=token.get())
+    async def put(self, platform: str, page_id: str, token: Secret, expires_at_ms: int = 0) -> str:
+        """Stores the token (ACTIVE again) with its expiry; returns the key id that sealed it."""
+        request = tokens_pb2.PutTokenRequest(
+            page=self._page(platform, page_id), token=token.get(), expires_at_ms=expires_at_ms
+        )
         try:
             response = await self._stub.PutToken(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
@@ -99,6 +102,24 @@ class TokensClient:
             raise _domain_error("tokens", exc) from None
         return response.deleted
 
+    async def status(self, platform: str, page_id: str) -> TokenState | None:
+        """What the vault knows of the page's token (never the token); None when none stored."""
+        request = tokens_pb2.GetTokenStatusRequest(page=self._page(platform, page_id))
+        try:
+            response = await self._stub.GetTokenStatus(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise _domain_error("tokens", exc) from None
+        return TokenState(
+            status=_STATUS_NAME.get(response.status, "UNKNOWN"),
+            reason=response.reason,
+            graph_code=response.graph_code,
+            graph_subcode=response.graph_subcode,
+            updated_at_ms=response.updated_at_ms,
+            expires_at_ms=response.expires_at_ms,
+        )
+
     async def mark_invalid(
         self, platform: str, page_id: str, reason: str, code: int, subcode: int
     ) -> None:
@@ -115,7 +136,7 @@ class TokensClient:
 
 
 class RouterClient:
-    """RouteParked with a deadline."""
+    """RouteParked, GetPageActivity and PurgePage, each with a deadline."""
 
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
         self._stub = router_pb2_grpc.RouterServiceStub(channel)
@@ -129,3 +150,31 @@ class RouterClient:
         except grpc.aio.AioRpcError as exc:
             raise _domain_error("router", exc) from None
         return response.routed
+
+    async def page_activity(self, platform: str, page_id: str, timeout_s: float) -> dict[str, int]:
+        """The router's last event and counts for the page."""
+        request = router_pb2.GetPageActivityRequest(platform=_platform(platform), page_id=page_id)
+        try:
+            response = await self._stub.GetPageActivity(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _domain_error("router", exc) from None
+        return {
+            "last_event_ms": response.last_event_ms,
+            "last_stored_at_ms": response.last_stored_at_ms,
+            "conversations": response.conversations,
+            "messages": response.messages,
+            "parked": response.parked,
+        }
+
+    async def purge_page(self, platform: str, page_id: str) -> dict[str, int]:
+        """Deletes everything the router stored for the page; returns what was deleted."""
+        request = router_pb2.PurgePageRequest(platform=_platform(platform), page_id=page_id)
+        try:
+            response = await self._stub.PurgePage(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _domain_error("router", exc) from None
+        return {
+            "conversations": response.conversations,
+            "messages": response.messages,
+            "parked": response.parked,
+        }

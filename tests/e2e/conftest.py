@@ -47,7 +47,8 @@ async def stack(
     redis_prefix: str,
     graph: fakegraph.FakeGraph,
 ) -> AsyncIterator[Stack]:
-    """All four services on PostgreSQL and Redis; logs scanned for page tokens afterwards."""
+    """All four services on PostgreSQL and Redis, over mutual TLS with a certificate each
+    (as `make run` starts them); logs scanned for page tokens afterwards."""
     stack = Stack.create(
         tmp_path,
         database_url=database_url,
@@ -55,6 +56,7 @@ async def stack(
         redis_prefix=redis_prefix,
         graph_url=graph.url,
         keyring=generate_keyring(),
+        tls=True,
     )
     try:
         for service in ("tokens", "subscriptions", "router", "gateway"):

@@ -6,7 +6,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import grpc
 import httpx
 
 from pagewire import fakegraph
@@ -141,8 +140,8 @@ async def test_two_routers_one_new_conversation(stack: Stack, database_url: str)
         for i in range(60)
     ]
     async with (
-        grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports['router']}") as one,
-        grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as two,
+        stack.channel("router", identity="gateway") as one,
+        stack.channel("router", port=second.port, identity="gateway") as two,
     ):
         stubs = [router_pb2_grpc.RouterServiceStub(one), router_pb2_grpc.RouterServiceStub(two)]
         # Every event goes to both replicas, in overlapping windows, all at once.

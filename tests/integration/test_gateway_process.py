@@ -74,6 +74,7 @@ def gateway_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], i
         VERIFY_TOKEN=VERIFY_TOKEN,
         GATEWAY_PORT=str(port),
         ROUTER_ADDR=f"127.0.0.1:{free_port()}",  # nothing listens: the router is down
+        INSECURE_GRPC="1",  # no router to talk to; mTLS is tested with the whole stack
         GATEWAY_INGEST_TIMEOUT_S="1",
     )
     out = tmp_path / "stdout"

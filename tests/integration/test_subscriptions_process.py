@@ -39,7 +39,8 @@ TOKEN = "EAAGprocessTOKENsecret0123456789abcdefXYZ"
 def _environ(extra: Mapping[str, str]) -> dict[str, str]:
     # The parent's PAGEWIRE_* settings must not leak into the child.
     base = {k: v for k, v in os.environ.items() if not k.startswith("PAGEWIRE_")}
-    return {**base, "PAGEWIRE_LOG_LEVEL": "DEBUG", **extra}
+    # Plaintext gRPC between these processes; mTLS is tested with the whole stack (tests/e2e).
+    return {**base, "PAGEWIRE_LOG_LEVEL": "DEBUG", "PAGEWIRE_INSECURE_GRPC": "1", **extra}
 
 
 @asynccontextmanager

@@ -6,8 +6,6 @@ import base64
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -15,21 +13,22 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pagewire.kit import migrate
-from pagewire.kit.channels import open_channel
 from pagewire.kit.db import create_engine, sessions
-from pagewire.kit.grpcserver import GrpcService, start_server
 from pagewire.kit.settings import Secret, SettingsError
-from pagewire.proto import events_pb2, tokens_pb2, tokens_pb2_grpc
+from pagewire.proto import events_pb2, tokens_pb2
 from services.tokens.config import TokensSettings
-from services.tokens.server import SERVICE_NAME, TokensServiceServicer, register
+from services.tokens.sealing import MAGIC, NONCE_BYTES, pack, unpack
 from services.tokens.store import PageToken
 from services.tokens.vault import Cipher, Decrypted, KeyRing, TokenVault, generate_keyring
-
-KEY_A = base64.b64encode(bytes(range(32))).decode()
-KEY_B = base64.b64encode(bytes(range(100, 132))).decode()
-RING_A = json.dumps({"primary": "key-a", "keys": {"key-a": KEY_A}})
-RING_B = json.dumps({"primary": "key-b", "keys": {"key-b": KEY_B}})
-RING_AB = json.dumps({"primary": "key-b", "keys": {"key-a": KEY_A, "key-b": KEY_B}})
+from tests.support.tokens import (
+    KEY_A,
+    KEY_B,
+    RING_A,
+    RING_AB,
+    RING_B,
+    Tokens,
+    tokens_server,
+)
 
 PAGE = "109384756201938"
 OTHER_PAGE = "117465829304716"
@@ -41,32 +40,6 @@ def ref(page_id: str = PAGE, platform: int = events_pb2.FACEBOOK) -> tokens_pb2.
     return tokens_pb2.PageRef(platform=platform, page_id=page_id)
 
 
-@dataclass
-class Tokens:
-    stub: tokens_pb2_grpc.TokensServiceStub
-    engine: AsyncEngine
-    service: GrpcService
-
-
-@asynccontextmanager
-async def tokens_server(database_url: str, ring: str = RING_A) -> AsyncIterator[Tokens]:
-    """A real tokens server on a free port, through the production bootstrap."""
-    engine = create_engine(database_url, "tokens")
-    vault = TokenVault(sessions(engine), Cipher(KeyRing.from_json(ring)))
-    service = await start_server(
-        names=[SERVICE_NAME],
-        register=register(TokensServiceServicer(vault)),
-        port=0,
-        closers=[engine.dispose],
-    )
-    channel = open_channel(f"127.0.0.1:{service.port}")
-    try:
-        yield Tokens(tokens_pb2_grpc.TokensServiceStub(channel), engine, service)
-    finally:
-        await channel.close()
-        await service.stop(grace=0)
-
-
 @pytest.fixture
 async def tokens(database_url: str) -> AsyncIterator[Tokens]:
     async with tokens_server(database_url) as server:
@@ -76,6 +49,18 @@ async def tokens(database_url: str) -> AsyncIterator[Tokens]:
 async def stored_rows(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
         return (await conn.execute(select(func.count()).select_from(PageToken))).scalar_one()
+
+
+async def sealed_of(engine: AsyncEngine, page_id: str = PAGE) -> bytes:
+    async with engine.connect() as conn:
+        return (
+            await conn.execute(select(PageToken.sealed).where(PageToken.page_id == page_id))
+        ).scalar_one()
+
+
+async def overwrite(engine: AsyncEngine, page_id: str = PAGE, **values: object) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(update(PageToken).where(PageToken.page_id == page_id).values(**values))
 
 
 async def rpc_error(call) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
@@ -124,11 +109,10 @@ async def test_stored_row_holds_no_plaintext_and_a_fresh_nonce_each_time(tokens:
     seen = []
     for _ in range(2):
         await tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(), token=TOKEN))
-        async with tokens.engine.connect() as conn:
-            row = (await conn.execute(select(PageToken.nonce, PageToken.ciphertext))).one()
-        assert TOKEN.encode() not in row.ciphertext
-        assert len(row.nonce) == 12
-        seen.append((row.nonce, row.ciphertext))
+        envelope = unpack(await sealed_of(tokens.engine), "test")
+        assert TOKEN.encode() not in envelope.ciphertext
+        assert (envelope.version, envelope.key_id, len(envelope.nonce)) == (2, "key-a", 12)
+        seen.append((envelope.nonce, envelope.ciphertext))
     assert seen[0][0] != seen[1][0]
     assert seen[0][1] != seen[1][1]
     assert await stored_rows(tokens.engine) == 1
@@ -167,19 +151,7 @@ async def test_unknown_page_is_not_found(tokens: Tokens) -> None:
 async def test_ciphertext_copied_to_another_page_is_data_loss(tokens: Tokens) -> None:
     await tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(), token=TOKEN))
     await tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(OTHER_PAGE), token=OTHER_TOKEN))
-    async with tokens.engine.begin() as conn:
-        source = (
-            await conn.execute(
-                select(PageToken.key_id, PageToken.nonce, PageToken.ciphertext).where(
-                    PageToken.page_id == PAGE
-                )
-            )
-        ).one()
-        await conn.execute(
-            update(PageToken)
-            .where(PageToken.page_id == OTHER_PAGE)
-            .values(key_id=source.key_id, nonce=source.nonce, ciphertext=source.ciphertext)
-        )
+    await overwrite(tokens.engine, OTHER_PAGE, sealed=await sealed_of(tokens.engine, PAGE))
 
     error = await rpc_error(
         tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref(OTHER_PAGE)))
@@ -206,12 +178,16 @@ async def test_ciphertext_moved_across_platforms_is_data_loss(tokens: Tokens) ->
 
 async def test_tampered_ciphertext_is_data_loss(tokens: Tokens) -> None:
     await tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(), token=TOKEN))
-    async with tokens.engine.begin() as conn:
-        ciphertext = (await conn.execute(select(PageToken.ciphertext))).scalar_one()
-        flipped = bytes([ciphertext[0] ^ 1]) + ciphertext[1:]
-        await conn.execute(update(PageToken).values(ciphertext=flipped))
-    error = await rpc_error(tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref())))
-    assert error.code() == grpc.StatusCode.DATA_LOSS
+    sealed = await sealed_of(tokens.engine)
+    for position in (-1, -20, len(sealed) - 30):  # tag, ciphertext, nonce
+        flipped = bytearray(sealed)
+        flipped[position] ^= 1
+        await overwrite(tokens.engine, sealed=bytes(flipped))
+        error = await rpc_error(
+            tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref()))
+        )
+        assert error.code() == grpc.StatusCode.DATA_LOSS
+        assert TOKEN not in error.details()
 
 
 async def test_unknown_key_id_is_failed_precondition(database_url: str) -> None:
@@ -334,10 +310,11 @@ async def test_token_never_in_logs_or_error_details(
             tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(), token=bad))
         )
         details.append(error.details())
-    async with tokens.engine.begin() as conn:
-        await conn.execute(
-            update(PageToken).where(PageToken.page_id == PAGE).values(nonce=b"0" * 12)
-        )
+    envelope = unpack(await sealed_of(tokens.engine), "test")
+    await overwrite(
+        tokens.engine,
+        sealed=pack(2, envelope.key_id, b"0" * NONCE_BYTES, envelope.ciphertext),
+    )
     error = await rpc_error(tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref())))
     details.append(error.details())
 
@@ -354,7 +331,8 @@ def test_reprs_hide_secrets() -> None:
     decrypted = Decrypted(Secret(TOKEN), "ACTIVE")
     assert TOKEN not in repr(decrypted) and TOKEN not in str(decrypted)
     sealed = Cipher(ring).seal("FACEBOOK", PAGE, Secret(TOKEN))
-    assert "ciphertext" not in repr(sealed)
+    assert "blob" not in repr(sealed) and "key-b" in repr(sealed)
+    assert "ciphertext" not in repr(unpack(sealed.blob, "test"))
     settings = TokensSettings.from_env({"PAGEWIRE_KEYRING": RING_A})
     assert KEY_A not in repr(settings)
 
@@ -426,3 +404,214 @@ async def test_vault_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def
         assert await vault.delete("FACEBOOK", PAGE)
     finally:
         await engine.dispose()
+
+
+# --- the envelope: every damage is a clear error, never garbage -----------------------------
+
+
+async def test_swapped_rows_are_data_loss_both_ways(tokens: Tokens) -> None:
+    await tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(), token=TOKEN))
+    await tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(OTHER_PAGE), token=OTHER_TOKEN))
+    mine, other = await sealed_of(tokens.engine, PAGE), await sealed_of(tokens.engine, OTHER_PAGE)
+    await overwrite(tokens.engine, PAGE, sealed=other)
+    await overwrite(tokens.engine, OTHER_PAGE, sealed=mine)
+    for page in (PAGE, OTHER_PAGE):
+        error = await rpc_error(
+            tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref(page)))
+        )
+        assert error.code() == grpc.StatusCode.DATA_LOSS
+        assert TOKEN not in error.details() and OTHER_TOKEN not in error.details()
+
+
+async def test_relabelled_key_id_is_refused(database_url: str) -> None:
+    async with tokens_server(database_url, RING_AB) as tokens:
+        await tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(), token=TOKEN))
+        original = await sealed_of(tokens.engine)
+        envelope = unpack(original, "test")
+        assert envelope.key_id == "key-b"
+
+        # The row's key id column says another key: the row disagrees with its envelope.
+        await overwrite(tokens.engine, key_id="key-a")
+        error = await rpc_error(
+            tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref()))
+        )
+        assert error.code() == grpc.StatusCode.DATA_LOSS
+
+        # The envelope itself re-labelled with another key of the ring: the tag binds the id.
+        relabelled = pack(2, "key-a", envelope.nonce, envelope.ciphertext)
+        await overwrite(tokens.engine, key_id="key-a", sealed=relabelled)
+        error = await rpc_error(
+            tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref()))
+        )
+        assert error.code() == grpc.StatusCode.DATA_LOSS
+
+        # Re-labelled with a key id the ring does not hold.
+        unknown = pack(2, "key-z", envelope.nonce, envelope.ciphertext)
+        await overwrite(tokens.engine, key_id="key-z", sealed=unknown)
+        error = await rpc_error(
+            tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref()))
+        )
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "key-z" in error.details()
+
+        await overwrite(tokens.engine, key_id="key-b", sealed=original)
+        good = await tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref()))
+        assert good.token == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("damage", "code"),
+    [
+        (lambda blob: blob[:-1], grpc.StatusCode.DATA_LOSS),  # one byte of the tag gone
+        (lambda blob: blob[: len(blob) - 17], grpc.StatusCode.DATA_LOSS),  # shorter than a tag
+        (lambda blob: blob[:10], grpc.StatusCode.DATA_LOSS),  # truncated inside the key id
+        (lambda blob: blob[:3], grpc.StatusCode.DATA_LOSS),  # no header
+        (lambda blob: b"", grpc.StatusCode.DATA_LOSS),
+        (lambda blob: b"xx" + blob[2:], grpc.StatusCode.DATA_LOSS),  # not an envelope
+        (lambda blob: MAGIC + bytes([9]) + blob[3:], grpc.StatusCode.FAILED_PRECONDITION),
+        (lambda blob: MAGIC + bytes([1]) + blob[3:], grpc.StatusCode.DATA_LOSS),  # format 2→1
+        (lambda blob: blob + b"\x00", grpc.StatusCode.DATA_LOSS),
+    ],
+    ids=[
+        "tag-byte",
+        "short",
+        "in-key-id",
+        "no-header",
+        "empty",
+        "not-envelope",
+        "future-format",
+        "downgraded-format",
+        "appended",
+    ],
+)
+async def test_damaged_envelope_is_a_clear_error(tokens: Tokens, damage, code) -> None:  # type: ignore[no-untyped-def]
+    await tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(), token=TOKEN))
+    sealed = await sealed_of(tokens.engine)
+    values: dict[str, object] = {"sealed": damage(sealed)}
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        values["format"] = 9
+    await overwrite(tokens.engine, **values)
+    error = await rpc_error(tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref())))
+    assert error.code() == code
+    assert PAGE in error.details()
+    assert TOKEN not in error.details()
+
+
+async def test_legacy_format_tokens_still_open_and_report_their_format(tokens: Tokens) -> None:
+    """A token sealed before key ids were bound (format 1, as migration 0002 repacks it)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = b"n" * NONCE_BYTES
+    ad = b"pagewire/page-token/v1|FACEBOOK|" + PAGE.encode()
+    ciphertext = AESGCM(base64.b64decode(KEY_A)).encrypt(nonce, TOKEN.encode(), ad)
+    await tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(), token=OTHER_TOKEN))
+    await overwrite(tokens.engine, format=1, sealed=pack(1, "key-a", nonce, ciphertext))
+
+    decrypted = await tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref()))
+    assert decrypted.token == TOKEN
+    status = await tokens.stub.GetTokenStatus(tokens_pb2.GetTokenStatusRequest(page=ref()))
+    assert (status.key_id, status.format_version) == ("key-a", 1)
+
+    # Format 1 binds the page too: moved to another page it does not open.
+    await tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(OTHER_PAGE), token=TOKEN))
+    await overwrite(tokens.engine, OTHER_PAGE, format=1, sealed=pack(1, "key-a", nonce, ciphertext))
+    error = await rpc_error(
+        tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref(OTHER_PAGE)))
+    )
+    assert error.code() == grpc.StatusCode.DATA_LOSS
+
+
+async def test_status_reports_key_and_format(tokens: Tokens) -> None:
+    await tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(), token=TOKEN))
+    status = await tokens.stub.GetTokenStatus(tokens_pb2.GetTokenStatusRequest(page=ref()))
+    assert (status.status, status.key_id, status.format_version) == (tokens_pb2.ACTIVE, "key-a", 2)
+    assert status.created_at_ms > 0 and status.updated_at_ms >= status.created_at_ms
+
+
+# --- audit -------------------------------------------------------------------------------------
+
+
+async def test_every_change_and_decrypt_is_audited_without_the_token(tokens: Tokens) -> None:
+    await tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(), token=TOKEN))
+    await tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref()))
+    await tokens.stub.MarkTokenInvalid(
+        tokens_pb2.MarkTokenInvalidRequest(page=ref(), reason="expired", graph_code=190)
+    )
+    await tokens.stub.DeleteToken(tokens_pb2.DeleteTokenRequest(page=ref()))
+    await rpc_error(tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref())))
+    await rpc_error(tokens.stub.MarkTokenInvalid(tokens_pb2.MarkTokenInvalidRequest(page=ref())))
+
+    rows = await tokens.audit()
+    assert [(r.action, r.outcome) for r in rows] == [
+        ("PUT", "OK"),
+        ("DECRYPT", "OK"),
+        ("MARK_INVALID", "OK"),
+        ("DELETE", "OK"),
+        ("DECRYPT", "NOT_FOUND"),
+        ("MARK_INVALID", "NOT_FOUND"),
+    ]
+    assert {(r.platform, r.page_id) for r in rows} == {("FACEBOOK", PAGE)}
+    # A plaintext in-process server has no caller identity; with mTLS it is the certificate's.
+    assert {r.caller for r in rows} == {"unauthenticated"}
+    assert all(r.at_ms > 0 for r in rows)
+    assert "key-a" in rows[0].detail and "190" in rows[2].detail
+    assert all(TOKEN not in repr(tuple(r)) for r in rows)
+
+
+async def test_a_failed_decrypt_is_audited_with_its_status(tokens: Tokens) -> None:
+    await tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(), token=TOKEN))
+    await overwrite(tokens.engine, sealed=b"pw\x02")
+    await rpc_error(tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref())))
+    last = (await tokens.audit())[-1]
+    assert (last.action, last.outcome) == ("DECRYPT", "DATA_LOSS")
+
+
+async def test_list_audit_filters_and_pages(tokens: Tokens) -> None:
+    for page in (PAGE, OTHER_PAGE):
+        await tokens.stub.PutToken(tokens_pb2.PutTokenRequest(page=ref(page), token=TOKEN))
+        await tokens.stub.DecryptToken(tokens_pb2.DecryptTokenRequest(page=ref(page)))
+    mine = await tokens.stub.ListAudit(tokens_pb2.ListAuditRequest(page_id=PAGE))
+    assert [(e.action, e.page.page_id) for e in mine.entries] == [
+        ("DECRYPT", PAGE),
+        ("PUT", PAGE),
+    ]
+    first = await tokens.stub.ListAudit(tokens_pb2.ListAuditRequest(limit=3))
+    assert len(first.entries) == 3
+    rest = await tokens.stub.ListAudit(tokens_pb2.ListAuditRequest(before_id=first.entries[-1].id))
+    assert len(rest.entries) == 1
+    instagram = await tokens.stub.ListAudit(
+        tokens_pb2.ListAuditRequest(platform=events_pb2.INSTAGRAM)
+    )
+    assert list(instagram.entries) == []
+    for bad, field in (
+        (tokens_pb2.ListAuditRequest(page_id="12x"), "page_id"),
+        (tokens_pb2.ListAuditRequest(limit=-1), "limit"),
+        (tokens_pb2.ListAuditRequest(limit=5000), "limit"),
+        (tokens_pb2.ListAuditRequest(platform=9), "platform"),
+    ):
+        error = await rpc_error(tokens.stub.ListAudit(bad))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith(f"{field}:")
+
+
+def test_the_secret_scan_catches_tokens_in_messages_extras_and_tracebacks() -> None:
+    """The whole-run scan (tests/support/secretscan.py) would fail the run on these."""
+    from tests.support.secretscan import _Leaks, _ScanHandler
+
+    leaks = _Leaks()
+    logger = logging.getLogger("secretscan.selftest")
+    logger.propagate = False
+    handler = _ScanHandler(leaks)
+    logger.addHandler(handler)
+    try:
+        logger.warning("fine: %s", Secret(TOKEN))
+        logger.warning("leaked %s", TOKEN)
+        logger.warning("extra", extra={"token": OTHER_TOKEN})
+        try:
+            raise ValueError(f"bad {TOKEN}")
+        except ValueError:
+            logger.exception("boom")
+    finally:
+        logger.removeHandler(handler)
+    assert len(leaks.found) == 3 and leaks.records == 4
+    assert all(TOKEN not in line and OTHER_TOKEN not in line for line in leaks.found)

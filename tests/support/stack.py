@@ -14,6 +14,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pagewire.kit.tls import DevPki, generate_pki
 from tests.support.waiting import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +39,9 @@ class Stack:
     env: dict[str, str]
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
+    # Mutual TLS as `make run` sets it up: a CA and a certificate per service in var/tls/
+    # (the CLI finds var/tls/cli.* there); None runs with PAGEWIRE_INSECURE_GRPC=1.
+    pki: DevPki | None = None
     _counter: int = 0
 
     @classmethod
@@ -50,8 +54,17 @@ class Stack:
         redis_prefix: str,
         graph_url: str,
         keyring: str,
+        tls: bool = False,
     ) -> Stack:
+        """The environment of a stack in `workdir`; with `tls`, mutual TLS like `make run`
+        (off by default for stacks mixed with plaintext in-process fakes)."""
         ports = {name: free_port() for name in (*GRPC_SERVICES, "gateway")}
+        var = workdir / "var"
+        var.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # A file, as Kubernetes mounts the Secret, so `pagewire tokens rotate` can add a key.
+        keyring_file = var / "keyring.json"
+        keyring_file.write_text(keyring)
+        keyring_file.chmod(0o600)
         env = {
             "PATH": os.environ.get("PATH", ""),
             "PYTHONPATH": str(REPO),
@@ -59,9 +72,11 @@ class Stack:
             "PAGEWIRE_REDIS_PREFIX": redis_prefix,
             "PAGEWIRE_APP_SECRET": APP_SECRET,
             "PAGEWIRE_VERIFY_TOKEN": VERIFY_TOKEN,
-            "PAGEWIRE_KEYRING": keyring,
+            "PAGEWIRE_KEYRING_FILE": str(keyring_file),
             "PAGEWIRE_GRAPH_URL": graph_url,
             "PAGEWIRE_INSTAGRAM_GRAPH_URL": graph_url,
+            # The app id fake-graph lists in GET subscribed_apps (fakegraph.FAKE_APP_ID).
+            "PAGEWIRE_APP_ID": "842019375510284",
             "PAGEWIRE_VAR_DIR": str(workdir / "var"),
             "PAGEWIRE_SHUTDOWN_DRAIN_S": "0",
             "PAGEWIRE_LOG_LEVEL": "DEBUG",
@@ -72,7 +87,18 @@ class Stack:
         for name in GRPC_SERVICES:
             env[f"PAGEWIRE_{name.upper()}_PORT"] = str(ports[name])
             env[f"PAGEWIRE_{name.upper()}_ADDR"] = f"127.0.0.1:{ports[name]}"
-        return cls(workdir, env, ports)
+        if not tls:
+            env["PAGEWIRE_INSECURE_GRPC"] = "1"
+        return cls(workdir, env, ports, pki=generate_pki(var / "tls") if tls else None)
+
+    def channel(
+        self, service: str, *, port: int | None = None, identity: str = "cli"
+    ) -> grpc.aio.Channel:
+        """A channel to a service of this stack, with `identity`'s certificate when mTLS is on."""
+        target = f"127.0.0.1:{port or self.ports[service]}"
+        if self.pki is None:
+            return grpc.aio.insecure_channel(target)
+        return self.pki.security(identity).channel(target, service)
 
     @property
     def gateway_url(self) -> str:
@@ -83,7 +109,8 @@ class Stack:
         name = name or service
         self._counter += 1
         log = self.workdir / f"{name}.{self._counter}.log"
-        env = {**self.env, **overrides}
+        # Each service runs with its own certificate: its identity is what the others check.
+        env = {**self.env, **(self.pki.env(service) if self.pki else {}), **overrides}
         port = int(overrides.get(f"PAGEWIRE_{service.upper()}_PORT", self.ports.get(service, 0)))
         with log.open("wb") as out:
             # Popen returns once the child is forked; nothing here waits on it.
@@ -112,7 +139,7 @@ class Stack:
                 return (
                     await client.get(f"http://127.0.0.1:{proc.port}/healthz")
                 ).status_code == 200
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
+        async with self.channel(service, port=proc.port) as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=1
             )
