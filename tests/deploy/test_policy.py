@@ -18,18 +18,10 @@ PREFIX = "PAGEWIRE_"
 # Settings the chart sets ahead of the code that reads them, each with the issue
 # that adds it. Once the code reads one, it is found in the source like the rest.
 PENDING = {
-    "TLS_CA_FILE": "issue 5 (mTLS)",
-    "TLS_CERT_FILE": "issue 5 (mTLS)",
-    "TLS_KEY_FILE": "issue 5 (mTLS)",
-    "INSECURE_GRPC": "issue 5 (mTLS)",
-    "TOKENS_DECRYPT_ALLOWED": "issue 5 (mTLS)",
     "METRICS_PORT": "issue 9 (metrics)",
-    # Proposed with the chart: kubelet gRPC probes cannot do mTLS, so each gRPC service
-    # should serve grpc.health.v1 alone on a plaintext port (see values.yaml healthPort).
-    "HEALTH_PORT": "issue 5 (mTLS) / issue 8",
 }
-# Calls the chart wires ahead of the code: router → tokens.DecryptToken (issue 7, outbound).
-PLANNED_CALLS = {("router", "tokens")}
+# Calls the chart wires ahead of the code; none at the moment.
+PLANNED_CALLS: set[tuple[str, str]] = set()
 
 
 def test_the_value_sets_the_issue_names_are_checked() -> None:
