@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto' | sort)
 STUBS := pagewire/proto/.generated
 
-.PHONY: install protos run test lint clean
+.PHONY: install protos run test lint clean bench chaos
 
 install: $(INSTALLED) $(STUBS)
 
@@ -34,15 +34,27 @@ run: install
 
 # tests/deploy runs once, inside k8s-check (it needs the helm that k8s-check fetches).
 test: install k8s-check
-	$(BIN)/ruff check pagewire services tests
+	$(BIN)/ruff check pagewire services tests bench
 	$(BIN)/python -m pytest --ignore=tests/deploy $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check pagewire services tests
-	$(BIN)/ruff format --check pagewire services tests
+	$(BIN)/ruff check pagewire services tests bench
+	$(BIN)/ruff format --check pagewire services tests bench
 
 clean:
 	rm -rf $(VENV) pagewire/proto/pagewire $(STUBS)
+
+# Benchmarks on this machine's PostgreSQL and Redis (a database and key prefix of their
+# own), figures in bench/results/<timestamp>.json and docs/PERFORMANCE.md.
+# BENCH_ARGS: --quick, --profile SECONDS, --insecure-grpc.
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Faults on a PostgreSQL and Redis of its own (never the shared ones): five scenarios,
+# then 2,000 fuzzed webhooks. Results in bench/results/chaos-*.json, docs/RELIABILITY.md.
+chaos: install
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
+	PAGEWIRE_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -p no:cacheprovider tests/fuzz
 
 # ---- Kubernetes -------------------------------------------------------------
 # The Helm chart is the one source; deploy/k8s/manifests/ is rendered from it.

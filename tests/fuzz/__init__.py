@@ -1,0 +1,1 @@
+"""Hypothesis-generated webhooks against a running gateway."""
