@@ -58,6 +58,8 @@ _HANDOVER_KEYS = frozenset(
     {"pass_thread_control", "take_thread_control", "request_thread_control", "app_roles"}
 )
 _POLICY_KEYS = frozenset({"policy_enforcement", "policy-enforcement"})
+# Kinds that belong to a conversation, so need the person's id.
+_NEEDS_PERSON = frozenset({"message", "delivery", "read", "postback", "reaction", "edit"})
 _STICKER_BEARING = frozenset({"sticker", "image"})
 
 
@@ -233,6 +235,13 @@ def normalize_item(
     # then the moment of receipt are the next best order keys.
     item_ms = to_ms(item.get("timestamp"))
     event.timestamp_ms = item_ms or watermark_ms or entry_time_ms or received_at_ms
+    which = event.WhichOneof("kind")
+    if which in _NEEDS_PERSON and not event.user_id:
+        # Without a person there is no conversation to put it in: keep it raw against the
+        # page rather than have the router refuse the whole POST (Meta would redeliver it
+        # forever).
+        event.ClearField(which)
+        event.unsupported.kind = which
     return event
 
 
@@ -417,7 +426,10 @@ def _list(value: object) -> list[Any]:
 
 
 def _clean(text: str) -> str:
-    """Protobuf strings must be valid UTF-8; a lone surrogate becomes U+FFFD."""
+    """Protobuf strings must be valid UTF-8 and PostgreSQL text holds no NUL: a lone
+    surrogate and a NUL become U+FFFD."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

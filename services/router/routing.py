@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import DataError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pagewire.kit.db import DB_UNAVAILABLE, unavailable
@@ -205,6 +206,10 @@ class Router:
                     continue
                 except DB_UNAVAILABLE as exc:
                     raise unavailable(exc) from None
+                except DataError:
+                    raise InvalidArgument(
+                        "events", "holds a value the database cannot store (a NUL character?)"
+                    ) from None
             if applied.changes:
                 self.notifier.notify(account)
             if self._profiles is not None and key[2]:

@@ -655,7 +655,8 @@ def test_message_level_sticker_id_fills_image_attachments_only() -> None:
             {"type": "file", "payload": {"url": "https://x/1.pdf"}},
         ],
     }
-    [event] = normalize_envelope(envelope("page", entry({"message": message})), received_at_ms=1)
+    item = {"sender": {"id": USER}, "recipient": {"id": PAGE}, "message": message}
+    [event] = normalize_envelope(envelope("page", entry(item)), received_at_ms=1)
     assert [a.sticker_id for a in event.message.attachments] == ["369239263222822", ""]
 
 
@@ -826,3 +827,33 @@ def test_instagram_story_reply_and_mention() -> None:
     assert [(a.type, a.url) for a in event.message.attachments] == [
         ("story_mention", "https://lookaside.fbsbx.com/m")
     ]
+
+
+def test_item_without_its_person_is_kept_raw_for_the_page() -> None:
+    body = {"object": "page", "entry": [{"id": "109384756201938", "messaging": [{"message": {}}]}]}
+    [event] = normalize_envelope(body)
+    assert event.WhichOneof("kind") == "unsupported"
+    assert event.unsupported.kind == "message"
+    assert event.user_id == "" and event.raw_json == '{"message":{}}'
+
+
+def test_nul_characters_never_reach_the_database() -> None:
+    body = {
+        "object": "page",
+        "entry": [
+            {
+                "id": "109384756201938",
+                "messaging": [
+                    {
+                        "sender": {"id": "7\x00"},
+                        "recipient": {"id": "109384756201938"},
+                        "timestamp": 1778163045000,
+                        "message": {"mid": "m_\x00", "text": "a\x00b"},
+                    }
+                ],
+            }
+        ],
+    }
+    [event] = normalize_envelope(body)
+    assert "\x00" not in event.user_id + event.message.mid + event.message.text + event.id
+    assert event.message.text == "a\ufffdb"
