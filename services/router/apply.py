@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from pagewire.kit.db import insert_ignoring
 from pagewire.kit.db import upsert_insert as dialect_insert
 from pagewire.proto import events_pb2
 from services.router.store import (
@@ -34,6 +35,23 @@ from services.router.store import (
 )
 
 DELIVERED, READ, DELETED = "delivered", "read", "deleted"
+# Every column of a stored message, so each insert has the same shape (one cached statement).
+_MESSAGE_DEFAULTS: dict[str, object] = {
+    "attachments_json": "[]",
+    "is_echo": False,
+    "app_id": "",
+    "metadata": "",
+    "quick_reply_payload": "",
+    "reply_to_mid": "",
+    "payload": "",
+    "is_unsupported": False,
+    "reply_to_story_url": "",
+    "referral_json": "",
+    "error_code": 0,
+    "error_subcode": 0,
+    "error_message": "",
+    "idempotency_key": "",
+}
 # What the person does that opens the Send API's messaging window (receipts do not).
 _USER_ACTIONS = {"message", "postback", "reaction", "referral", "optin"}
 
@@ -118,12 +136,10 @@ class Applier:
             }
             for event in events
         ]
-        logged = await self.s.execute(
-            insert_ignoring_duplicates(self.s, EventLog)
-            .values(rows)
-            .returning(EventLog.event_id, EventLog.id)
+        logged = await insert_ignoring(
+            self.s, EventLog.__table__, rows, returning=("event_id", "id")
         )
-        new = {event_id: row_id for event_id, row_id in logged.all()}
+        new = {event_id: row_id for event_id, row_id in logged}
         self.page_id = events[0].page_id
         await self._prefetch(events)
         for event in events:
@@ -248,7 +264,7 @@ class Applier:
                 "attachments_json": _attachments_json(message),
                 "is_echo": message.is_echo,
                 "app_id": message.app_id,
-                "metadata_": message.metadata,
+                "metadata": message.metadata,
                 "quick_reply_payload": message.quick_reply_payload,
                 "reply_to_mid": message.reply_to_mid,
                 "is_unsupported": message.is_unsupported,
@@ -268,27 +284,24 @@ class Applier:
         current = "" if deleted else await self._latest_edit_text(mid, default=text)
         if deleted:
             values["attachments_json"] = "[]"
-        inserted = await self.s.execute(
-            insert_ignoring_duplicates(self.s, Message)
-            .values(
-                conversation_id=conv.id,
-                platform=self.platform,
-                page_id=self.page_id,
-                mid=mid,
-                kind=kind,
-                direction=events_pb2.Direction.Name(event.direction),
-                text=current,
-                original_text="" if deleted else text,
-                deleted=deleted,
-                timestamp_ms=event.timestamp_ms,
-                status=status,
-                standby=event.standby,
-                created_at_ms=self.now,
-                **values,
-            )
-            .returning(Message.id)
+        row = {**_MESSAGE_DEFAULTS, **values}
+        row.update(
+            conversation_id=conv.id,
+            platform=self.platform,
+            page_id=self.page_id,
+            mid=mid,
+            kind=kind,
+            direction=events_pb2.Direction.Name(event.direction),
+            text=current,
+            original_text="" if deleted else text,
+            deleted=deleted,
+            timestamp_ms=event.timestamp_ms,
+            status=status,
+            standby=event.standby,
+            created_at_ms=self.now,
         )
-        message_id = inserted.scalar_one_or_none()
+        inserted = await insert_ignoring(self.s, Message.__table__, [row], returning=("id",))
+        message_id = inserted[0][0] if inserted else None
         if message_id is None:
             return  # the mid is already stored (for example our own send, matched by its echo)
         conv.message_count += 1

@@ -11,13 +11,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pagewire.kit.db import upsert_insert
-from services.router.store import AccountCursor, Change
+from services.router.store import Change
 
 BATCH = 200
+# Text, not SQLAlchemy's ON CONFLICT construct, which 2.0 recompiles on every call; the
+# same SQL runs on PostgreSQL and SQLite.
+_BUMP = text(
+    "INSERT INTO account_cursors (account_id, last_cursor) VALUES (:account, :n)"
+    " ON CONFLICT (account_id) DO UPDATE SET last_cursor = account_cursors.last_cursor + :n"
+    " RETURNING last_cursor"
+)
 
 
 async def record(
@@ -29,17 +35,7 @@ async def record(
     """Appends `changes` to the account's feed; call last in the transaction."""
     if not changes:
         return
-    insert = upsert_insert(session.bind.dialect.name)(AccountCursor).values(
-        account_id=account_id, last_cursor=len(changes)
-    )
-    last = (
-        await session.execute(
-            insert.on_conflict_do_update(
-                index_elements=["account_id"],
-                set_={"last_cursor": AccountCursor.last_cursor + len(changes)},
-            ).returning(AccountCursor.last_cursor)
-        )
-    ).scalar_one()
+    last = (await session.execute(_BUMP, {"account": account_id, "n": len(changes)})).scalar_one()
     first = last - len(changes) + 1
     await session.execute(
         Change.__table__.insert(),
