@@ -6,6 +6,10 @@ timeouts, connection errors) are retried with full-jitter backoff, and a wait
 Graph asks for in `X-Business-Use-Case-Usage` is honoured for every later call
 about the same object; a wait longer than the budget of one call is not slept
 through: the call fails with `retry_after_s` and the object stays on hold.
+
+Every attempt is counted by endpoint and result (pagewire_graph_calls_total);
+while tracing is on a call is a `graph <METHOD> <endpoint>` span with an HTTP
+span per attempt, whose URL keeps neither the query nor, of course, the header.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,10 +26,13 @@ import httpx
 from pagewire.graph import codes
 from pagewire.graph.config import GraphSettings
 from pagewire.graph.errors import GraphError, error_from_response
+from pagewire.graph.metrics import GRAPH_CALLS, GRAPH_SECONDS, endpoint_of
 from pagewire.graph.ratelimit import APP_WIDE, Backoff, Clock, Throttle, regain_access_s
+from pagewire.kit import telemetry
 from pagewire.kit.settings import Secret
 
 log = logging.getLogger("pagewire.graph")
+tracer = telemetry.tracer("pagewire.graph")
 
 FACEBOOK = "FACEBOOK"
 INSTAGRAM = "INSTAGRAM"
@@ -59,7 +67,7 @@ class GraphClient:
             timeout=httpx.Timeout(settings.timeout_s, connect=min(settings.timeout_s, 5.0)),
             follow_redirects=False,  # a redirect would carry the bearer header somewhere else
             headers={"User-Agent": user_agent},
-            transport=transport,
+            transport=telemetry.httpx_transport(transport),
         )
 
     async def aclose(self) -> None:
@@ -88,6 +96,47 @@ class GraphClient:
         page or account the call is about) keys the rate-limit hold. Pass
         `retry_timeouts=False` for calls that must not be repeated once sent.
         """
+        endpoint = endpoint_of(path)
+        attributes = {
+            "pagewire.graph.endpoint": endpoint,
+            "pagewire.platform": platform.lower(),
+            "http.request.method": method,
+        }
+        if object_id:
+            attributes["pagewire.object_id"] = object_id
+        with tracer.start_as_current_span(f"graph {method} {endpoint}", attributes=attributes):
+            try:
+                return await self._request(
+                    method,
+                    platform,
+                    path,
+                    endpoint,
+                    token=token,
+                    params=params,
+                    data=data,
+                    object_id=object_id,
+                    versioned=versioned,
+                    retry_timeouts=retry_timeouts,
+                )
+            except GraphError as exc:
+                codes_seen = {"graph.error_code": exc.code, "graph.error_subcode": exc.subcode}
+                telemetry.annotate(**codes_seen)
+                raise
+
+    async def _request(
+        self,
+        method: str,
+        platform: str,
+        path: str,
+        endpoint: str,
+        *,
+        token: Secret,
+        params: Mapping[str, str] | None,
+        data: Mapping[str, str] | None,
+        object_id: str,
+        versioned: bool,
+        retry_timeouts: bool,
+    ) -> Any:
         url = self.url(platform, path, versioned=versioned)
         query = dict(params or {})
         secret = self._secrets[platform]
@@ -99,6 +148,7 @@ class GraphClient:
             held = self.throttle.remaining(object_id) if object_id else self.throttle.remaining()
             if held > 0:
                 if held > self.settings.retry_max_wait_s:
+                    GRAPH_CALLS.labels(method, endpoint, "held").inc()
                     raise GraphError(
                         http_status=0,
                         code=613,
@@ -108,11 +158,13 @@ class GraphClient:
                     )
                 await self._clock.sleep(held)
             response: httpx.Response | None = None
+            started = time.monotonic()
             try:
                 response = await self._http.request(
                     method, url, params=query or None, data=data, headers=headers
                 )
             except httpx.TimeoutException as exc:
+                _observe(method, endpoint, started, "timeout")
                 error = GraphError(
                     http_status=0,
                     message=f"timed out ({type(exc).__name__})",
@@ -122,9 +174,11 @@ class GraphClient:
                 if not retry_timeouts:
                     raise error from None
             except httpx.TransportError as exc:
+                _observe(method, endpoint, started, "unreachable")
                 error = GraphError(http_status=0, message=type(exc).__name__, unavailable=True)
             else:
                 body, error = _parse(response)
+                _observe(method, endpoint, started, _result(error))
                 self._remember_waits(response, object_id, error, attempt)
                 if error is None:
                     return body
@@ -186,6 +240,18 @@ class GraphClient:
                 "fbtrace_id": error.fbtrace_id,
             },
         )
+
+
+def _result(error: GraphError | None) -> str:
+    """The `code` label of an answered attempt."""
+    if error is None:
+        return "ok"
+    return str(error.code) if error.code else f"http_{error.http_status}"
+
+
+def _observe(method: str, endpoint: str, started: float, code: str) -> None:
+    GRAPH_CALLS.labels(method, endpoint, code).inc()
+    GRAPH_SECONDS.labels(endpoint).observe(time.monotonic() - started)
 
 
 def _parse(response: httpx.Response) -> tuple[Any, GraphError | None]:

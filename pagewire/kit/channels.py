@@ -6,6 +6,8 @@ import json
 
 import grpc
 
+from pagewire.kit.telemetry import client_interceptors
+
 # With `dns:///` targets on a headless Service, round_robin spreads calls over
 # every replica; the default pick_first would send everything to one pod.
 _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
@@ -21,7 +23,8 @@ def open_channel(
 
     With `credentials` (mutual TLS, see pagewire.kit.tls) the server's certificate
     must carry `server_name` — the service's name — whatever address is dialled;
-    without them the channel is plaintext.
+    without them the channel is plaintext. While tracing is on (pagewire.kit.telemetry)
+    every call carries the caller's `traceparent` in its metadata.
     """
     options = [
         ("grpc.service_config", _SERVICE_CONFIG),
@@ -35,8 +38,9 @@ def open_channel(
         ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2000),
     ]
+    interceptors = client_interceptors() or None
     if credentials is None:
-        return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
-    return grpc.aio.secure_channel(target, credentials, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)

@@ -1,8 +1,8 @@
 """The one gRPC server bootstrap every service and every test uses.
 
 Health (`""` and each service name), reflection, the error-mapping
-interceptor, a maximum connection age so clients rebalance onto new replicas,
-and a graceful stop on SIGTERM/SIGINT.
+interceptor (behind the tracing one when tracing is on), a maximum connection
+age so clients rebalance onto new replicas, and a graceful stop on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pagewire.kit import telemetry
 from pagewire.kit.errors import PagewireError
 
 log = logging.getLogger("pagewire.grpc")
@@ -125,7 +126,8 @@ async def start_server(
     the kubelet's native gRPC probes, which cannot present a client certificate.
     """
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        # Tracing outermost: its span sees the status the error mapping aborts with.
+        interceptors=[*telemetry.server_interceptors(), ErrorMappingInterceptor()],
         options=[
             ("grpc.max_connection_age_ms", max_connection_age_s * 1000),
             ("grpc.max_connection_age_grace_ms", 10_000),

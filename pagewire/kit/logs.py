@@ -1,4 +1,8 @@
-"""JSON logs to stdout, one object per line, shared by every service and the CLI."""
+"""JSON logs to stdout, one object per line, shared by every service and the CLI.
+
+A line logged inside a span carries its `trace_id` and `span_id`, so a log line
+leads to its trace and a trace to its log lines.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import json
 import logging
 import sys
 import time
+
+from opentelemetry import trace
 
 # Attributes every LogRecord has; anything else passed via `extra=` is emitted as a field.
 # uvicorn adds `color_message` (the same text with ANSI colours) to its records.
@@ -32,6 +38,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            payload["trace_id"] = trace.format_trace_id(span.trace_id)
+            payload["span_id"] = trace.format_span_id(span.span_id)
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 payload[key] = value

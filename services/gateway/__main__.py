@@ -1,4 +1,4 @@
-"""Composition root of the gateway: settings → logging → app → uvicorn, until SIGTERM/SIGINT."""
+"""Composition root of the gateway: settings → logging, tracing → app → uvicorn, until SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
+from pagewire.kit import telemetry
 from pagewire.kit.logs import setup_logging
 from pagewire.kit.runner import run
 from pagewire.kit.settings import current_environ
@@ -86,6 +87,7 @@ async def main() -> None:
     settings = GatewaySettings.from_env(current_environ())
     security = GrpcSecurity.from_env(current_environ(), "gateway")
     setup_logging("gateway", settings.log_level)
+    tracing = telemetry.setup("gateway", current_environ())
     security.announce(log)
     server = build_server(settings, create_app(settings, security=security))
     log.info(
@@ -99,7 +101,10 @@ async def main() -> None:
         },
     )
     # Returns after SIGTERM/SIGINT, once open requests are answered.
-    await server.serve()
+    try:
+        await server.serve()
+    finally:
+        await tracing.shutdown()
     log.info("gateway stopped")
 
 

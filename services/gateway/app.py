@@ -1,8 +1,10 @@
-"""The gateway's HTTP app: Meta's verify handshake, signed webhook POSTs, health probes.
+"""The gateway's HTTP app: Meta's verify handshake, signed webhook POSTs, health probes, metrics.
 
 A POST is answered 200 only after the router's `Ingest` returned OK, so a 200
 always means the events are stored (guarantee 1); anything else is a 503 and
-Meta delivers again.
+Meta delivers again. Each POST is counted by platform and outcome and, while
+tracing is on, is the root span of its trace (signature check and
+normalization are its children; the router's spans join through `Ingest`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,10 +24,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from pagewire.kit import telemetry
 from pagewire.kit.channels import open_channel
+from pagewire.kit.metrics import exposition
 from pagewire.kit.settings import Secret
 from pagewire.kit.tls import GrpcSecurity
 from pagewire.proto import router_pb2, router_pb2_grpc
+from services.gateway import metrics
 from services.gateway.config import GatewaySettings
 from services.gateway.normalize import (
     MalformedEnvelope,
@@ -39,6 +45,7 @@ from services.gateway.signature import (
 )
 
 log = logging.getLogger("pagewire.gateway")
+tracer = telemetry.tracer("pagewire.gateway")
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 READY_TIMEOUT_S = 1.0
@@ -113,8 +120,9 @@ def create_app(
         Route("/webhooks/instagram", _webhook(settings, instagram, link), methods=["GET", "POST"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/readyz", _readyz(link), methods=["GET"]),
+        Route("/metrics", _metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=telemetry.asgi_middleware())
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -165,18 +173,29 @@ def _receive(settings: GatewaySettings, channel: _Channel, link: _RouterLink) ->
     secret = channel.secret.encode()
 
     async def receive(request: Request) -> Response:
+        started = time.perf_counter()
+        telemetry.annotate(platform=channel.name)
+        outcome, response = await handle(request)
+        metrics.WEBHOOKS.labels(channel.name, outcome).inc()
+        metrics.WEBHOOK_SECONDS.labels(channel.name).observe(time.perf_counter() - started)
+        telemetry.annotate(outcome=outcome)
+        return response
+
+    async def handle(request: Request) -> tuple[str, Response]:
         try:
             body = await _read_body(request, settings.max_body_bytes)
         except ClientDisconnect:
             # The sender gave up mid-body (Meta redelivers); nobody is left to answer.
             log.debug("webhook sender disconnected", extra={"platform": channel.name})
-            return Response(status_code=400)
+            return "disconnected", Response(status_code=400)
         if body is None:
             log.warning("webhook body too large", extra={"platform": channel.name})
             # Closing the connection spares reading the rest of an oversized body.
-            return _json({"error": "body too large"}, 413, close=True)
+            return "too_large", _json({"error": "body too large"}, 413, close=True)
 
-        problem = signature_problem(body, request.headers.get(SIGNATURE_HEADER), secret)
+        with tracer.start_as_current_span("webhook.verify_signature"):
+            problem = signature_problem(body, request.headers.get(SIGNATURE_HEADER), secret)
+            telemetry.annotate(signature_ok=problem is None)
         if problem is not None:
             if problem == "missing" and request.headers.get(LEGACY_SIGNATURE_HEADER):
                 problem = "only the legacy sha1 header"
@@ -185,35 +204,54 @@ def _receive(settings: GatewaySettings, channel: _Channel, link: _RouterLink) ->
             log.warning(
                 "webhook signature rejected", extra={"platform": channel.name, "reason": problem}
             )
-            return _json({"error": "bad signature"}, 401)
+            return "bad_signature", _json({"error": "bad signature"}, 401)
 
-        try:
-            envelope = parse_envelope(body)
-        except MalformedEnvelope as exc:
+        reason, ours, events = "", False, []
+        with tracer.start_as_current_span("webhook.normalize"):
+            try:
+                envelope = parse_envelope(body)
+            except MalformedEnvelope as exc:
+                reason = str(exc)
+                envelope = None
+            else:
+                ours = platform_of(envelope) is not None
+                events = normalize_envelope(envelope) if ours else []
+                telemetry.annotate(event_count=len(events))
+        if envelope is None:
             log.warning(
-                "webhook body malformed", extra={"platform": channel.name, "reason": str(exc)}
+                "webhook body malformed", extra={"platform": channel.name, "reason": reason}
             )
-            return _json({"error": "malformed body"}, 400)
+            return "malformed", _json({"error": "malformed body"}, 400)
 
-        if platform_of(envelope) is None:
-            obj = envelope.get("object")
-            log.info(
+        if not ours:
+            # Debug, not info: the metric counts these, and a flood of them would be noise.
+            log.debug(
                 "webhook object ignored",
-                extra={"platform": channel.name, "object": str(obj)[:64]},
+                extra={"platform": channel.name, "object": str(envelope.get("object"))[:64]},
             )
-            return _json({"status": "ignored", "events": 0}, 200)
+            return "ignored", _json({"status": "ignored", "events": 0}, 200)
 
-        events = normalize_envelope(envelope)
         if not events:
             log.debug("webhook carried no events", extra={"platform": channel.name})
-            return _json({"status": "ok", "events": 0}, 200)
+            return "ok", _json({"status": "ok", "events": 0}, 200)
 
-        if not await _forward(link, router_pb2.IngestRequest(events=events), settings, channel):
-            return _json({"error": "router unavailable"}, 503)
+        ok, reply = await _forward(link, router_pb2.IngestRequest(events=events), settings, channel)
+        if not ok:
+            return "unavailable", _json({"error": "router unavailable"}, 503)
+        _count_events(channel.name, reply)
         log.debug("webhook ingested", extra={"platform": channel.name, "events": len(events)})
-        return _json({"status": "ok", "events": len(events)}, 200)
+        return "ok", _json({"status": "ok", "events": len(events)}, 200)
 
     return receive
+
+
+def _count_events(platform: str, reply: object) -> None:
+    """What the router did with the events, from its IngestResponse (counts only)."""
+    for result, field in (("stored", "stored"), ("duplicate", "duplicates"), ("parked", "parked")):
+        count = getattr(reply, field, 0)
+        if isinstance(count, int) and count > 0:
+            metrics.WEBHOOK_EVENTS.labels(platform, result).inc(count)
+            telemetry.annotate(**{f"events_{field}": count})
 
 
 async def _forward(
@@ -221,27 +259,27 @@ async def _forward(
     request: router_pb2.IngestRequest,
     settings: GatewaySettings,
     channel: _Channel,
-) -> bool:
-    """One Ingest with the deadline; False on any failure, so Meta retries the delivery."""
+) -> tuple[bool, object]:
+    """One Ingest with the deadline, and its reply; False on any failure, so Meta retries."""
     ingest = link.ingest
     if ingest is None:
         log.error("router link not open", extra={"platform": channel.name})
-        return False
+        return False, None
     timeout = settings.ingest_timeout_s
     extra = {"platform": channel.name, "events": len(request.events)}
     try:
         async with asyncio.timeout(timeout + _DEADLINE_MARGIN_S):
-            await ingest(request, timeout)
+            reply = await ingest(request, timeout)
     except grpc.aio.AioRpcError as exc:
         log.warning("router ingest failed", extra={**extra, "code": exc.code().name})
-        return False
+        return False, None
     except TimeoutError:
         log.warning("router ingest failed", extra={**extra, "code": "DEADLINE_EXCEEDED"})
-        return False
+        return False, None
     except Exception:
         log.exception("router ingest failed", extra=extra)
-        return False
-    return True
+        return False, None
+    return True, reply
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -262,6 +300,12 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _metrics(request: Request) -> Response:
+    """Prometheus' scrape: this process's metrics in the text format."""
+    body, content_type = exposition()
+    return Response(body, headers={"content-type": content_type})
 
 
 async def _healthz(request: Request) -> Response:

@@ -6,9 +6,11 @@ import logging
 
 from pagewire.graph.client import GraphClient
 from pagewire.graph.config import GraphSettings
+from pagewire.kit import telemetry
 from pagewire.kit.db import create_engine, sessions
 from pagewire.kit.grpcserver import serve_until_signal, start_server
 from pagewire.kit.logs import setup_logging
+from pagewire.kit.metrics import metrics_port, serve_metrics
 from pagewire.kit.runner import run
 from pagewire.kit.settings import current_environ
 from pagewire.kit.tls import GrpcSecurity
@@ -46,7 +48,10 @@ def build_locks(settings: RouterSettings) -> ConversationLocks:
 async def main() -> None:
     settings = RouterSettings.from_env(current_environ())
     security = GrpcSecurity.from_env(current_environ(), "router")
+    scrape_port = metrics_port(current_environ())
     setup_logging("router", settings.log_level)
+    # Before any channel, engine or client is built: they are instrumented as they are made.
+    tracing = telemetry.setup("router", current_environ())
     security.announce(log)
     engine = create_engine(settings.database_url, "router", pool_size=settings.db_pool_size)
     session_factory = sessions(engine)
@@ -92,6 +97,10 @@ async def main() -> None:
         await tokens.close()
         await subscriptions.close()
 
+    # Closed in reverse: the spans of the shutdown itself are flushed last.
+    closers = [tracing.shutdown, engine.dispose, locks.close, close_channel]
+    if scrape_port:
+        closers.append(await serve_metrics(settings.host, scrape_port))
     service = await start_server(
         names=[SERVICE_NAME],
         register=lambda server: router_pb2_grpc.add_RouterServiceServicer_to_server(
@@ -99,7 +108,7 @@ async def main() -> None:
         ),
         host=settings.host,
         port=settings.port,
-        closers=[engine.dispose, locks.close, close_channel],
+        closers=closers,
         credentials=security.server_credentials(),
         health_port=security.health_port,
     )

@@ -7,6 +7,11 @@ blocked clients first come, first served), bounded by both the caller's wait
 budget and the holder's remaining TTL so a crashed holder's lock is retried
 the moment it expires. The lock key and its wake-up list share a hash tag so
 they live in one slot of a Redis Cluster.
+
+Both kinds time the wait and the hold (`pagewire_lock_wait_seconds`,
+`pagewire_lock_hold_seconds`, `pagewire_lock_wait_exceeded_total`) and, while
+tracing is on, make a `lock.wait` and a `lock.hold` span; the work done under
+the lock nests in the latter. Spans name a conversation by its key's hash.
 """
 
 from __future__ import annotations
@@ -15,14 +20,18 @@ import asyncio
 import secrets
 import time
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from pagewire.kit import telemetry
 from pagewire.kit.errors import Aborted, Unavailable
+from services.router import metrics
+
+tracer = telemetry.tracer("pagewire.router.mutex")
 
 # KEYS[1] lock, KEYS[2] wake-up list; ARGV[1] token, ARGV[2] ttl of the wake-up list (ms).
 # Only the holder whose token is still stored may delete the lock; it then wakes one waiter.
@@ -45,6 +54,44 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+def _lock_kind(key: str) -> str:
+    """`page` for a page's parking lock (`park:…`), `conversation` otherwise."""
+    return "page" if key.startswith("park:") else "conversation"
+
+
+def _span_attributes(key: str) -> dict[str, str]:
+    kind = _lock_kind(key)
+    if kind == "page":
+        return {"pagewire.lock": kind, "pagewire.page_id": key.rsplit(":", 1)[-1]}
+    return {"pagewire.lock": kind, "pagewire.conversation.key_hash": telemetry.key_hash(key)}
+
+
+@contextmanager
+def _waiting(key: str) -> Iterator[None]:
+    """Times (and traces) the wait for `key`'s lock; counts a wait that ran out."""
+    kind = _lock_kind(key)
+    started = time.monotonic()
+    with tracer.start_as_current_span("lock.wait", attributes=_span_attributes(key)):
+        try:
+            yield
+        except Aborted:
+            metrics.LOCK_WAIT_EXCEEDED.labels(kind).inc()
+            raise
+        finally:
+            metrics.LOCK_WAIT.labels(kind).observe(time.monotonic() - started)
+
+
+@contextmanager
+def _holding(key: str) -> Iterator[None]:
+    """Times (and traces) the hold of `key`'s lock; the work under it nests in the span."""
+    started = time.monotonic()
+    with tracer.start_as_current_span("lock.hold", attributes=_span_attributes(key)):
+        try:
+            yield
+        finally:
+            metrics.LOCK_HOLD.labels(_lock_kind(key)).observe(time.monotonic() - started)
 
 
 class Lease(Protocol):
@@ -91,12 +138,14 @@ class LocalLocks:
         if lock is None:
             lock = asyncio.Lock()
             self._locks[key] = lock
+        with _waiting(key):
+            try:
+                await asyncio.wait_for(lock.acquire(), self._wait_s)
+            except TimeoutError:
+                raise Aborted("conversation is busy: lock wait exceeded") from None
         try:
-            await asyncio.wait_for(lock.acquire(), self._wait_s)
-        except TimeoutError:
-            raise Aborted("conversation is busy: lock wait exceeded") from None
-        try:
-            yield _LocalLease()
+            with _holding(key):
+                yield _LocalLease()
         finally:
             lock.release()
 
@@ -162,10 +211,12 @@ class RedisLocks:
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[Lease]:
-        token = await self.acquire(key)
+        with _waiting(key):
+            token = await self.acquire(key)
         renew = asyncio.create_task(self._keep_alive(key, token))
         try:
-            yield _RedisLease(self, key, token)
+            with _holding(key):
+                yield _RedisLease(self, key, token)
         finally:
             renew.cancel()
             await self.release(key, token)
@@ -175,5 +226,9 @@ class RedisLocks:
 
 
 def redis_client(url: str) -> aioredis.Redis:
-    """The process's Redis client; no socket timeout, since BLPOP blocks by design."""
-    return aioredis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
+    """The process's Redis client; no socket timeout, since BLPOP blocks by design.
+
+    While tracing is on, each command is a span (its name only, never its arguments)."""
+    client = aioredis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
+    telemetry.instrument_redis(client)
+    return client

@@ -6,7 +6,8 @@ token, at most once per contact per refresh period. Failures never block or
 lose a message: "no profile" (2018218) and the like are recorded and not
 retried until the next period; a dead token (190 …) marks the page for
 re-authorization through the vault; an unreachable Graph or vault is retried
-on the contact's next event.
+on the contact's next event. A lookup continues the trace of the webhook that
+scheduled it, so its DecryptToken and Graph spans are found under that webhook.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pagewire.graph.codes import is_token_invalid
 from pagewire.graph.errors import GraphError
+from pagewire.kit import telemetry
 from pagewire.kit.errors import PagewireError
 from pagewire.kit.settings import Secret
 from pagewire.kit.timeutil import now_ms
 from services.router.store import Contact
 
 log = logging.getLogger("pagewire.router.profiles")
+tracer = telemetry.tracer("pagewire.router.profiles")
 
 FIELDS = {
     "FACEBOOK": "first_name,last_name,name,profile_pic",
@@ -69,7 +72,8 @@ class ProfileFetcher:
         self._tokens = tokens
         self._refresh_ms = int(refresh_s * 1000)
         self._clock = clock
-        self._queue: asyncio.Queue[Key] = asyncio.Queue(MAX_PENDING)
+        # Each contact with the trace context of the event that asked for it.
+        self._queue: asyncio.Queue[tuple[Key, Any]] = asyncio.Queue(MAX_PENDING)
         self._queued: set[Key] = set()
         # Contacts known fresh in this process, so a busy conversation costs no query.
         self._fresh_until: dict[Key, int] = {}
@@ -84,7 +88,7 @@ class ProfileFetcher:
         if self._fresh_until.get(key, 0) > self._clock():
             return
         try:
-            self._queue.put_nowait(key)
+            self._queue.put_nowait((key, telemetry.capture()))
         except asyncio.QueueFull:
             return
         self._queued.add(key)
@@ -100,11 +104,24 @@ class ProfileFetcher:
 
     async def _work(self) -> None:
         while True:
-            key = await self._queue.get()
+            key, context = await self._queue.get()
+            platform, page_id, user_id = key
+            attributes = {
+                "pagewire.platform": platform.lower(),
+                "pagewire.page_id": page_id,
+                "pagewire.conversation.key_hash": telemetry.key_hash(
+                    f"{platform.lower()}:{page_id}:{user_id}"
+                ),
+            }
             try:
-                await self._fetch(*key)
-            except Exception:
-                log.exception("profile lookup failed", extra={"page_id": key[1]})
+                with (
+                    telemetry.continued(context),
+                    tracer.start_as_current_span("profile lookup", attributes=attributes),
+                ):
+                    try:
+                        await self._fetch(*key)
+                    except Exception:
+                        log.exception("profile lookup failed", extra={"page_id": page_id})
             finally:
                 self._queued.discard(key)
                 self._queue.task_done()

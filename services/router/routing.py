@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,11 +18,12 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import DataError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pagewire.kit import telemetry
 from pagewire.kit.db import DB_UNAVAILABLE, unavailable
 from pagewire.kit.errors import Aborted, FailedPrecondition, InvalidArgument
 from pagewire.kit.timeutil import now_ms
 from pagewire.proto import events_pb2
-from services.router import feed
+from services.router import feed, metrics
 from services.router.apply import Applied, Applier
 from services.router.feed import FeedNotifier
 from services.router.fencing import Fences, StaleFence
@@ -42,6 +44,7 @@ from services.router.store import (
 )
 
 log = logging.getLogger("pagewire.router")
+tracer = telemetry.tracer("pagewire.router")
 
 MAX_EVENTS_PER_CALL = 1000
 PARKED_BATCH = 500
@@ -83,6 +86,21 @@ def platform_name(platform: int) -> str:
 def conversation_key(event: events_pb2.Event) -> Key:
     """(platform, page, user): the user is the sender inbound and the recipient of an echo."""
     return (event.platform, event.page_id, event.user_id)
+
+
+def _label(platform: int) -> str:
+    """The platform as a metric label (facebook, instagram)."""
+    return events_pb2.Platform.Name(platform).lower()
+
+
+def _group_attributes(key: Key, count: int) -> dict[str, str | int]:
+    """A group's span attributes: the page, and the conversation only as a hash."""
+    return {
+        "pagewire.platform": _label(key[0]),
+        "pagewire.page_id": key[1],
+        "pagewire.conversation.key_hash": telemetry.key_hash(lock_name(key)),
+        "pagewire.event_count": count,
+    }
 
 
 def lock_name(key: Key) -> str:
@@ -146,6 +164,24 @@ class Router:
 
     async def ingest(self, events: Sequence[events_pb2.Event]) -> IngestResult:
         """Stores a webhook's events; returns only after every group has committed."""
+        started = time.monotonic()
+        try:
+            result = await self._ingest(events)
+        finally:
+            metrics.INGEST_SECONDS.observe(time.monotonic() - started)
+        for event in events:
+            # The oneof's name, not an unsupported item's own key: labels stay a small set.
+            kind = event.WhichOneof("kind") or "unsupported"
+            metrics.EVENTS_INGESTED.labels(_label(event.platform), kind).inc()
+        telemetry.annotate(
+            event_count=len(events),
+            stored=result.stored,
+            duplicates=result.duplicates,
+            parked=result.parked,
+        )
+        return result
+
+    async def _ingest(self, events: Sequence[events_pb2.Event]) -> IngestResult:
         validate_events(events)
         groups: dict[Key, list[events_pb2.Event]] = {}
         for event in events:
@@ -158,9 +194,24 @@ class Router:
         async def one(key: Key, group: list[events_pb2.Event]) -> IngestResult:
             async with self._limit:
                 account = accounts[(key[0], key[1])]
-                if account is None:
-                    return await self._park_or_route(key, group)
-                return await self._route(account, key, group)
+                with tracer.start_as_current_span(
+                    "conversation group", attributes=_group_attributes(key, len(group))
+                ):
+                    if account is None:
+                        result = await self._park_or_route(key, group)
+                    else:
+                        result = await self._route(account, key, group)
+                    telemetry.annotate(
+                        connected=account is not None,
+                        stored=result.stored,
+                        duplicates=result.duplicates,
+                        parked=result.parked,
+                    )
+                platform = _label(key[0])
+                metrics.EVENTS_STORED.labels(platform).inc(result.stored)
+                metrics.DUPLICATES.labels(platform).inc(result.duplicates)
+                metrics.PARKED.labels(platform).inc(result.parked)
+                return result
 
         outcomes = await asyncio.gather(
             *(one(key, group) for key, group in groups.items()), return_exceptions=True
@@ -199,6 +250,7 @@ class Router:
                             )
                 except StaleFence as stale:
                     self.stale_writes += 1
+                    metrics.STALE_WRITES.inc()
                     log.warning(
                         "stale lock holder's write rejected; retrying under a new lock",
                         extra={"fence": stale.mine, "newer_fence": stale.newer},
@@ -251,7 +303,9 @@ class Router:
             except DB_UNAVAILABLE as exc:
                 raise unavailable(exc) from None
         if result.parked:
-            log.info(
+            # Debug: pagewire_events_parked_total counts them, and an unconnected page that
+            # keeps receiving would otherwise log on every delivery.
+            log.debug(
                 "parked events for unconnected page",
                 extra={
                     "platform": platform_name(platform),
@@ -295,7 +349,9 @@ class Router:
                     events.append(event)
                     ids.append(row_id)
                 for key, (events, ids) in groups.items():
-                    total.add(await self._route(account, key, events, parked_ids=ids))
+                    routed = await self._route(account, key, events, parked_ids=ids)
+                    metrics.PARKED_ROUTED.labels(_label(platform)).inc(routed.stored)
+                    total.add(routed)
         if total.stored or total.duplicates:
             log.info(
                 "routed parked events",

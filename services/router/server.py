@@ -7,9 +7,11 @@ import json
 import grpc
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from pagewire.kit.errors import FailedPrecondition, InvalidArgument
+from pagewire.kit import telemetry
+from pagewire.kit.errors import FailedPrecondition, InvalidArgument, PagewireError
 from pagewire.kit.validate import platform_and_page
 from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc
+from services.router import metrics
 from services.router.feed import changes_after
 from services.router.history import History, MessageView, message_views
 from services.router.routing import Router
@@ -236,7 +238,14 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.SendMessageResponse:
         if self._sender is None:
             raise FailedPrecondition("sending is not configured on this router")
-        result = await self._sender.send(request)
+        try:
+            result = await self._sender.send(request)
+        except PagewireError as exc:
+            metrics.SENDS.labels(exc.status.lower()).inc()
+            raise
+        outcome = "replayed" if result.replayed else result.state.lower()
+        metrics.SENDS.labels(outcome).inc()
+        telemetry.annotate(send_outcome=outcome, parts=len(result.mids))
         async with self._sessions() as session:
             rows = [await session.get(Message, i) for i in result.message_ids]
             views = await message_views(session, [r for r in rows if r is not None])

@@ -7,9 +7,11 @@ import contextlib
 import logging
 
 from pagewire.graph import GraphClient, PagesApi
+from pagewire.kit import telemetry
 from pagewire.kit.db import create_engine, sessions
 from pagewire.kit.grpcserver import serve_until_signal, start_server
 from pagewire.kit.logs import setup_logging
+from pagewire.kit.metrics import metrics_port, refreshing, serve_metrics
 from pagewire.kit.runner import run
 from pagewire.kit.settings import current_environ
 from pagewire.kit.tls import GrpcSecurity
@@ -18,16 +20,21 @@ from services.subscriptions.clients import RouterClient, TokensClient
 from services.subscriptions.config import SubscriptionsSettings
 from services.subscriptions.connections import Connections
 from services.subscriptions.details import DetailsReader
+from services.subscriptions.metrics import refresh_pages
 from services.subscriptions.reconcile import Reconciler
 from services.subscriptions.server import SERVICE_NAME, SubscriptionsServiceServicer, register
 
 log = logging.getLogger("pagewire.subscriptions")
+# How often the pagewire_pages gauge is read from the database.
+METRICS_REFRESH_S = 30.0
 
 
 async def main() -> None:
     settings = SubscriptionsSettings.from_env(current_environ())
     security = GrpcSecurity.from_env(current_environ(), "subscriptions")
+    scrape_port = metrics_port(current_environ())
     setup_logging("subscriptions", settings.log_level)
+    tracing = telemetry.setup("subscriptions", current_environ())
     security.announce(log)
     engine = create_engine(settings.database_url, "subscriptions")
     tokens_channel = security.channel(settings.tokens_target, "tokens")
@@ -86,13 +93,18 @@ async def main() -> None:
         await tokens_channel.close()
         await router_channel.close()
 
+    # Closed in reverse: the reconcile loop first, while its clients still work; the
+    # spans of the shutdown itself are flushed last.
+    closers = [tracing.shutdown, engine.dispose, graph.aclose, close_channels, stop_reconcile]
+    if scrape_port:
+        closers.append(await serve_metrics(settings.host, scrape_port))
+        closers.append(refreshing(lambda: refresh_pages(sessions(engine)), METRICS_REFRESH_S))
     service = await start_server(
         names=[SERVICE_NAME],
         register=register(SubscriptionsServiceServicer(connections, reconciler, details)),
         host=settings.host,
         port=settings.port,
-        # Closed in reverse: the reconcile loop first, while its clients still work.
-        closers=[engine.dispose, graph.aclose, close_channels, stop_reconcile],
+        closers=closers,
         credentials=security.server_credentials(),
         health_port=security.health_port,
     )

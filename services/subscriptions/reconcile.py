@@ -20,17 +20,19 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pagewire.graph import INSTAGRAM, GraphError
+from pagewire.kit import telemetry
 from pagewire.kit.db import DB_UNAVAILABLE, unavailable
 from pagewire.kit.errors import DataLoss, FailedPrecondition, NotFound, PagewireError
 from pagewire.kit.settings import Secret
 from pagewire.kit.timeutil import now_ms
-from services.subscriptions import store
+from services.subscriptions import metrics, store
 from services.subscriptions.connections import outcome_of
 from services.subscriptions.ports import Graph, TokenState, Vault
 from services.subscriptions.store import Outcome, PageConnection
 from services.subscriptions.subscribing import Subscriber
 
 log = logging.getLogger("pagewire.subscriptions.reconcile")
+tracer = telemetry.tracer("pagewire.subscriptions.reconcile")
 
 OK = "OK"
 REPAIRED = "REPAIRED"
@@ -127,7 +129,10 @@ class Reconciler:
             except TimeoutError:
                 pass  # the period elapsed: time for a run
             try:
-                results = await self.run_due()
+                # One trace per run, rather than a root span per statement and call.
+                with tracer.start_as_current_span("reconcile run"):
+                    results = await self.run_due()
+                    telemetry.annotate(checked=len(results))
             except Exception:
                 log.exception("reconcile run failed")
                 continue
@@ -156,12 +161,21 @@ class Reconciler:
 
         async def one(platform: str, page_id: str) -> Check:
             async with gate:
-                try:
-                    return await self.check(platform, page_id)
-                except PagewireError as exc:
-                    return Check(platform, page_id, FAILED, str(exc))
+                attributes = {"pagewire.platform": platform.lower(), "pagewire.page_id": page_id}
+                with tracer.start_as_current_span("reconcile check", attributes=attributes):
+                    try:
+                        check = await self.check(platform, page_id)
+                    except PagewireError as exc:
+                        check = Check(platform, page_id, FAILED, str(exc))
+                    telemetry.annotate(outcome=check.outcome)
+                    return check
 
-        return list(await asyncio.gather(*(one(p, i) for p, i in pages)))
+        checks = list(await asyncio.gather(*(one(p, i) for p, i in pages)))
+        for check in checks:
+            metrics.RECONCILE_CHECKS.labels(check.outcome).inc()
+            if check.outcome == REPAIRED:
+                metrics.RECONCILE_REPAIRS.labels(check.platform.lower()).inc()
+        return checks
 
     async def check(self, platform: str, page_id: str) -> Check:
         """Checks one page and stores the result on its connection."""

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
+from pagewire.kit import telemetry
 from pagewire.kit.errors import InvalidArgument, NotFound
 from pagewire.kit.settings import Secret
 from pagewire.kit.validate import page_token, platform_and_page
@@ -45,7 +46,9 @@ _OUTCOME = {
 
 def page_of(platform: int, page_id: str) -> tuple[str, str]:
     """(platform name, page id) of a request, or InvalidArgument naming the field."""
-    return platform_and_page(platform, page_id)
+    name, page = platform_and_page(platform, page_id)
+    telemetry.annotate(platform=name.lower(), page_id=page)
+    return name, page
 
 
 def account_of(account_id: str, *, required: bool = True) -> str:

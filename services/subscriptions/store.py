@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     delete,
+    func,
     select,
     update,
 )
@@ -224,3 +225,13 @@ async def delete_connection(session: AsyncSession, platform: str, page_id: str) 
         )
     )
     return bool(result.rowcount)
+
+
+async def count_by_status(session: AsyncSession) -> dict[tuple[str, str], int]:
+    """How many pages each (platform, status) has (SUBSCRIBED, SUBSCRIBE_FAILED, …)."""
+    rows = await session.execute(
+        select(PageConnection.platform, PageConnection.status, func.count()).group_by(
+            PageConnection.platform, PageConnection.status
+        )
+    )
+    return {(platform, status): count for platform, status, count in rows}

@@ -6,20 +6,25 @@ import logging
 
 from sqlalchemy.exc import ProgrammingError
 
+from pagewire.kit import telemetry
 from pagewire.kit.db import create_engine, sessions
 from pagewire.kit.errors import Unavailable
 from pagewire.kit.grpcserver import serve_until_signal, start_server
 from pagewire.kit.logs import setup_logging
+from pagewire.kit.metrics import metrics_port, refreshing, serve_metrics
 from pagewire.kit.runner import run
 from pagewire.kit.settings import PREFIX, SettingsError, current_environ
 from pagewire.kit.tls import GrpcSecurity
 from services.tokens.access import Access
 from services.tokens.config import TokensSettings
 from services.tokens.keyring import KeyRingFile
+from services.tokens.metrics import refresh_tokens
 from services.tokens.server import SERVICE_NAME, TokensServiceServicer, register
 from services.tokens.vault import Cipher, TokenVault
 
 log = logging.getLogger("pagewire.tokens")
+# How often the pagewire_page_tokens gauge is read from the database.
+METRICS_REFRESH_S = 30.0
 
 
 async def check_key_ring(vault: TokenVault, settings: TokensSettings) -> None:
@@ -61,13 +66,16 @@ async def main() -> None:
     environ = current_environ()
     settings = TokensSettings.from_env(environ)
     security = GrpcSecurity.from_env(environ, "tokens")
+    scrape_port = metrics_port(environ)
     setup_logging("tokens", settings.log_level)
+    tracing = telemetry.setup("tokens", environ)
     security.announce(log)
     engine = create_engine(settings.database_url, "tokens")
     file = KeyRingFile(settings.keyring_file) if settings.keyring_file else None
     if file is not None and file.world_readable():
         log.warning("the key ring file is readable by every user", extra={"path": str(file.path)})
-    vault = TokenVault(sessions(engine), Cipher(settings.keyring, file))
+    session_factory = sessions(engine)
+    vault = TokenVault(session_factory, Cipher(settings.keyring, file))
     log.info(
         "key ring loaded",
         extra={
@@ -87,12 +95,17 @@ async def main() -> None:
         settings.admin_allowed,
         allow_unauthenticated=security.insecure,
     )
+    # Closed in reverse: the spans of the shutdown itself are flushed last.
+    closers = [tracing.shutdown, engine.dispose]
+    if scrape_port:
+        closers.append(await serve_metrics(settings.host, scrape_port))
+        closers.append(refreshing(lambda: refresh_tokens(session_factory), METRICS_REFRESH_S))
     service = await start_server(
         names=[SERVICE_NAME],
         register=register(TokensServiceServicer(vault, access)),
         host=settings.host,
         port=settings.port,
-        closers=[engine.dispose],
+        closers=closers,
         credentials=security.server_credentials(),
         health_port=security.health_port,
     )

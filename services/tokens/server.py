@@ -7,11 +7,13 @@ from collections.abc import Callable
 
 import grpc
 
-from pagewire.kit.errors import InvalidArgument, PermissionDenied
+from pagewire.kit import telemetry
+from pagewire.kit.errors import InvalidArgument, PagewireError, PermissionDenied
 from pagewire.kit.settings import Secret
 from pagewire.kit.tls import caller_of
 from pagewire.kit.validate import page_token, platform_and_page
 from pagewire.proto import events_pb2, tokens_pb2, tokens_pb2_grpc
+from services.tokens import metrics
 from services.tokens import vault as v
 from services.tokens.access import ADMIN, DECRYPT, READ, WRITE, Access
 from services.tokens.keyring import KEY_ID
@@ -34,7 +36,9 @@ def page_of(page: tokens_pb2.PageRef, has_page: bool, field: str = "page") -> tu
     """(platform name, page id) of a request's page, or InvalidArgument naming the field."""
     if not has_page:
         raise InvalidArgument(field, "is required")
-    return platform_and_page(page.platform, page.page_id, prefix=f"{field}.")
+    platform, page_id = platform_and_page(page.platform, page.page_id, prefix=f"{field}.")
+    telemetry.annotate(platform=platform.lower(), page_id=page_id)
+    return platform, page_id
 
 
 def token_of(token: str) -> Secret:
@@ -98,9 +102,20 @@ class TokensServiceServicer(tokens_pb2_grpc.TokensServiceServicer):
         return tokens_pb2.PutTokenResponse(status=tokens_pb2.ACTIVE, key_id=key_id)
 
     async def DecryptToken(self, request, context):  # type: ignore[no-untyped-def]
-        caller = await self._authorize(context, DECRYPT, "DecryptToken", v.DECRYPT, request)
-        platform, page_id = page_of(request.page, request.HasField("page"))
-        decrypted = await self._vault.decrypt(platform, page_id, caller=caller)
+        caller = caller_of(context).name
+        outcome = "INTERNAL"
+        try:
+            caller = await self._authorize(context, DECRYPT, "DecryptToken", v.DECRYPT, request)
+            platform, page_id = page_of(request.page, request.HasField("page"))
+            telemetry.annotate(caller=caller)
+            decrypted = await self._vault.decrypt(platform, page_id, caller=caller)
+            outcome = "OK"
+        except PagewireError as exc:
+            outcome = exc.status
+            raise
+        finally:
+            metrics.DECRYPT_CALLS.labels(caller, outcome).inc()
+            telemetry.annotate(outcome=outcome)
         return tokens_pb2.DecryptTokenResponse(
             token=decrypted.token.get(), status=_STATUS[decrypted.status]
         )

@@ -318,3 +318,13 @@ async def list_audit(
         stmt = stmt.where(AuditRecord.id < before_id)
     result = await session.execute(stmt.order_by(AuditRecord.id.desc()).limit(limit))
     return list(result.scalars())
+
+
+async def count_by_status(session: AsyncSession) -> dict[tuple[str, str], int]:
+    """How many tokens each (platform, status) has: ACTIVE or REAUTH_REQUIRED."""
+    rows = await session.execute(
+        select(PageToken.platform, PageToken.status, func.count()).group_by(
+            PageToken.platform, PageToken.status
+        )
+    )
+    return {(platform, status): count for platform, status, count in rows}

@@ -17,9 +17,7 @@ PREFIX = "PAGEWIRE_"
 
 # Settings the chart sets ahead of the code that reads them, each with the issue
 # that adds it. Once the code reads one, it is found in the source like the rest.
-PENDING = {
-    "METRICS_PORT": "issue 9 (metrics)",
-}
+PENDING: dict[str, str] = {}
 # Calls the chart wires ahead of the code; none at the moment.
 PLANNED_CALLS: set[tuple[str, str]] = set()
 

@@ -7,6 +7,9 @@ page-token-shaped strings (Meta page and Instagram tokens start `EAA` / `IGAA`;
 every test token does too). At the end the service logs the end-to-end stacks
 wrote under the run's temporary directory are searched the same way. A hit
 fails the run and names where it was, never the token itself.
+
+`leaks` is the same search for one test's own haystacks (exported spans, scraped
+metrics), with the exact secrets and texts that test used.
 """
 
 from __future__ import annotations
@@ -58,6 +61,19 @@ class _ScanHandler(logging.Handler):
 
 
 _handler = _ScanHandler(_leaks)
+
+
+def leaks(secrets: dict[str, str], texts: dict[str, str]) -> list[str]:
+    """Where any of `secrets` (name → value), or anything token-shaped, occurs in `texts`
+    (where → text): "<where>: <secret name>" per hit, never the secret itself."""
+    found = []
+    for where, text in texts.items():
+        for name, secret in secrets.items():
+            if secret and secret in text:
+                found.append(f"{where}: {name}")
+        for match in TOKEN_SHAPE.findall(text):
+            found.append(f"{where}: token-shaped {_masked(match)}")
+    return found
 
 
 def pytest_configure(config: pytest.Config) -> None:

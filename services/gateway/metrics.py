@@ -1,0 +1,46 @@
+"""The gateway's metrics: webhook POSTs by platform and outcome, their latency, their events."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from pagewire.kit.metrics import LATENCY_BUCKETS
+
+PLATFORMS = ("facebook", "instagram")
+# ok: 200 after the router committed; ignored: 200 for an object that is not ours;
+# bad_signature 401, malformed 400, too_large 413, unavailable 503 (Meta retries);
+# disconnected: the sender gave up mid-body.
+OUTCOMES = (
+    "ok",
+    "ignored",
+    "bad_signature",
+    "malformed",
+    "too_large",
+    "unavailable",
+    "disconnected",
+)
+RESULTS = ("stored", "duplicate", "parked")
+
+WEBHOOKS = Counter(
+    "pagewire_webhooks_received",
+    "Webhook POSTs received, by platform and outcome.",
+    ["platform", "outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "pagewire_webhook_duration_seconds",
+    "Time from a webhook POST's arrival to its answer (the ACK latency Meta sees).",
+    ["platform"],
+    buckets=LATENCY_BUCKETS,
+)
+WEBHOOK_EVENTS = Counter(
+    "pagewire_webhook_events",
+    "Events of acknowledged webhooks, by what the router did with them.",
+    ["platform", "result"],
+)
+
+for _platform in PLATFORMS:
+    WEBHOOK_SECONDS.labels(_platform)
+    for _outcome in OUTCOMES:
+        WEBHOOKS.labels(_platform, _outcome)
+    for _result in RESULTS:
+        WEBHOOK_EVENTS.labels(_platform, _result)

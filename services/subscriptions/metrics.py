@@ -1,0 +1,44 @@
+"""The subscriptions service's metrics: pages by status, reconcile checks and repairs."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.subscriptions import store
+
+PLATFORMS = ("FACEBOOK", "INSTAGRAM")
+STATUSES = (store.SUBSCRIBED, store.SUBSCRIBE_FAILED, store.REAUTH_REQUIRED)
+CHECK_OUTCOMES = ("OK", "REPAIRED", "REAUTH_REQUIRED", "FAILED", "SKIPPED")
+
+PAGES = Gauge(
+    "pagewire_pages",
+    "Connected pages by platform and subscription status, read from the database every 30 s.",
+    ["platform", "status"],
+)
+RECONCILE_CHECKS = Counter(
+    "pagewire_reconcile_checks",
+    "Pages checked by reconcile (the loop and the Reconcile RPC), by outcome.",
+    ["outcome"],
+)
+RECONCILE_REPAIRS = Counter(
+    "pagewire_reconcile_repairs",
+    "Subscriptions Meta had dropped or narrowed, subscribed again by reconcile.",
+    ["platform"],
+)
+
+for _outcome in CHECK_OUTCOMES:
+    RECONCILE_CHECKS.labels(_outcome)
+for _platform in PLATFORMS:
+    RECONCILE_REPAIRS.labels(_platform.lower())
+
+
+async def refresh_pages(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Sets pagewire_pages from the database (every known pair, 0 when absent)."""
+    async with sessions() as session:
+        counts = await store.count_by_status(session)
+    for platform in PLATFORMS:
+        for status in STATUSES:
+            PAGES.labels(platform.lower(), status).set(counts.pop((platform, status), 0))
+    for (platform, status), count in counts.items():
+        PAGES.labels(platform.lower(), status).set(count)
