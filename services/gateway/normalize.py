@@ -58,6 +58,9 @@ _HANDOVER_KEYS = frozenset(
     {"pass_thread_control", "take_thread_control", "request_thread_control", "app_roles"}
 )
 _POLICY_KEYS = frozenset({"policy_enforcement", "policy-enforcement"})
+# The router's limits (services/router/routing.py): page and person ids, and message ids.
+MAX_PARTY_ID = 128
+MAX_MID = 500  # leaves room for the "deleted:" prefix of an unsend
 # Kinds that belong to a conversation, so need the person's id.
 _NEEDS_PERSON = frozenset({"message", "delivery", "read", "postback", "reaction", "edit"})
 _STICKER_BEARING = frozenset({"sticker", "image"})
@@ -109,7 +112,7 @@ def normalize_envelope(
     for entry in entries:
         if not isinstance(entry, Mapping):
             continue
-        page_id = id_str(entry.get("id"))
+        page_id = _bounded(id_str(entry.get("id")), MAX_PARTY_ID)
         if not page_id:
             continue
         entry_time_ms = to_ms(entry.get("time"))
@@ -178,7 +181,7 @@ def normalize_item(
         postback = event.postback
         postback.title = _text(body.get("title"))
         postback.payload = _text(body.get("payload"))
-        postback.mid = id_str(body.get("mid"))
+        postback.mid = _bounded(id_str(body.get("mid")), MAX_MID)
         postback.referral_json = _json_or_empty(body.get("referral"))
         event.id = postback.mid or event_digest("postback", platform, page_id, item)
     elif kind == "reaction" and isinstance(body, Mapping):
@@ -326,7 +329,7 @@ def event_digest(kind: str, platform: int, page_id: str, item: object) -> str:
 
 
 def _fill_message(target: events_pb2.MessageEvent, message: Mapping[str, Any]) -> None:
-    target.mid = id_str(message.get("mid"))
+    target.mid = _bounded(id_str(message.get("mid")), MAX_MID)
     target.text = _text(message.get("text"))
     target.is_echo = _flag(message.get("is_echo"))
     target.app_id = id_str(message.get("app_id"))
@@ -399,7 +402,13 @@ def _small_int(value: object) -> int:
 
 def _party_id(item: Mapping[str, Any], key: str) -> str:
     party = item.get(key)
-    return id_str(party.get("id")) if isinstance(party, Mapping) else ""
+    return _bounded(id_str(party.get("id")), MAX_PARTY_ID) if isinstance(party, Mapping) else ""
+
+
+def _bounded(value: str, limit: int) -> str:
+    """An id no real Meta id could be (longer than the router stores) reads as absent, so
+    the item is kept raw instead of the router refusing the whole POST."""
+    return value if len(value) <= limit else ""
 
 
 def _flag(value: object) -> bool:

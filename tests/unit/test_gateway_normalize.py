@@ -857,3 +857,17 @@ def test_nul_characters_never_reach_the_database() -> None:
     [event] = normalize_envelope(body)
     assert "\x00" not in event.user_id + event.message.mid + event.message.text + event.id
     assert event.message.text == "a\ufffdb"
+
+
+def test_ids_longer_than_any_real_id_read_as_absent() -> None:
+    long_page = {"object": "page", "entry": [{"id": "0" * 129, "messaging": [{"message": {}}]}]}
+    assert normalize_envelope(long_page) == []
+    item = {
+        "sender": {"id": "7" * 200},
+        "recipient": {"id": PAGE},
+        "timestamp": 1778163045000,
+        "message": {"mid": "m" * 600, "text": "hi"},
+    }
+    [event] = normalize_envelope(envelope("page", entry(item)))
+    assert event.user_id == "" and event.unsupported.kind == "message"
+    assert len(event.id) <= 512
