@@ -44,7 +44,7 @@ from services.subscriptions.reconcile import Reconciler, ReconcileSettings
 from services.subscriptions.store import PageConnection
 from services.tokens import server as tok_server
 from services.tokens.vault import Cipher, KeyRing, TokenVault, generate_keyring
-from tests.support.waiting import free_port
+from tests.support.waiting import connected, free_port
 
 FB = events_pb2.FACEBOOK
 IG = events_pb2.INSTAGRAM
@@ -120,7 +120,7 @@ async def _grpc(stack: AsyncExitStack, service: GrpcService) -> grpc.aio.Channel
     stack.push_async_callback(service.stop, 0)
     channel = open_channel(f"127.0.0.1:{service.port}")
     stack.push_async_callback(channel.close)
-    return channel
+    return await connected(channel)
 
 
 @asynccontextmanager

@@ -22,6 +22,7 @@ from services.router.routing import BeforeWrite, Router
 from services.router.send import Sender
 from services.router.server import SERVICE_NAME, RouterServiceServicer
 from tests.support.fakes import FakeSubscriptions, serve_fake_subscriptions
+from tests.support.waiting import connected
 
 PAGE = "109384756201938"
 USER = "7294015836620194"
@@ -54,7 +55,7 @@ async def router_harness(
     """Starts the pieces, yields the harness, and stops everything afterwards."""
     fake = FakeSubscriptions()
     subs = await serve_fake_subscriptions(fake)
-    channel = open_channel(f"127.0.0.1:{subs.port}")
+    channel = await connected(open_channel(f"127.0.0.1:{subs.port}"))
     engine = create_engine(database_url, "router")
     factory = sessions(engine)
     locks = RedisLocks(redis_client(redis_url), redis_prefix, ttl_ms=ttl_ms, wait_ms=wait_ms)
@@ -80,7 +81,7 @@ async def router_harness(
             s,
         ),
     )
-    router_channel = open_channel(f"127.0.0.1:{service.port}")
+    router_channel = await connected(open_channel(f"127.0.0.1:{service.port}"))
     try:
         yield RouterHarness(
             router_pb2_grpc.RouterServiceStub(router_channel), fake, factory, router

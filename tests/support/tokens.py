@@ -24,6 +24,7 @@ from services.tokens.keyring import KeyRing, KeyRingFile
 from services.tokens.server import SERVICE_NAME, TokensServiceServicer, register
 from services.tokens.store import AuditRecord
 from services.tokens.vault import Cipher, TokenVault
+from tests.support.waiting import connected
 
 KEY_A = base64.b64encode(bytes(range(32))).decode()
 KEY_B = base64.b64encode(bytes(range(100, 132))).decode()
@@ -106,6 +107,7 @@ async def tokens_server(
         channel = client.channel(target, "tokens")
     else:
         channel = open_channel(target)
+    await connected(channel)
     try:
         yield Tokens(
             tokens_pb2_grpc.TokensServiceStub(channel),
