@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,21 +23,12 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pagewire import fakegraph
-from pagewire.kit.tls import DevPki, GrpcSecurity, generate_pki
+from pagewire.kit.tls import DevPki, GrpcSecurity
+from pagewire.localsuite import REPO, local_suite
 
-REPO = Path(__file__).resolve().parents[1]
 APP_SECRET = "test_app_secret_0123456789abcdef"  # the secret the Meta fixtures are signed with
 VERIFY_TOKEN = "bench-verify-token-7c1e"
-GRPC_SERVICES = ("router", "tokens", "subscriptions")
 START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_until(condition, *, timeout: float, interval: float = 0.01, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -106,42 +96,19 @@ class Suite:
         tls: bool = True,
         extra_env: dict[str, str] | None = None,
     ) -> Suite:
-        workdir.mkdir(parents=True, exist_ok=True)
-        ports = {name: free_port() for name in (*GRPC_SERVICES, "gateway")}
-        var = workdir / "var"
-        var.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # A file, as Kubernetes mounts the Secret (and as tests/support/stack.py does).
-        keyring_file = var / "keyring.json"
-        keyring_file.write_text(keyring)
-        keyring_file.chmod(0o600)
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": str(REPO),
-            "PAGEWIRE_DATABASE_URL": database_url,
-            "PAGEWIRE_REDIS_PREFIX": redis_prefix,
-            "PAGEWIRE_APP_SECRET": APP_SECRET,
-            "PAGEWIRE_VERIFY_TOKEN": VERIFY_TOKEN,
-            "PAGEWIRE_KEYRING_FILE": str(keyring_file),
-            "PAGEWIRE_GRAPH_URL": graph_url,
-            "PAGEWIRE_INSTAGRAM_GRAPH_URL": graph_url,
-            # The app id fake-graph lists in GET subscribed_apps.
-            "PAGEWIRE_APP_ID": fakegraph.FAKE_APP_ID,
-            "PAGEWIRE_VAR_DIR": str(var),
-            "PAGEWIRE_SHUTDOWN_DRAIN_S": "0",
-            "PAGEWIRE_LOG_LEVEL": log_level,
-            "PAGEWIRE_GATEWAY_PORT": str(ports["gateway"]),
-        }
-        if redis_url:
-            env["PAGEWIRE_REDIS_URL"] = redis_url
-        for name in GRPC_SERVICES:
-            env[f"PAGEWIRE_{name.upper()}_PORT"] = str(ports[name])
-            env[f"PAGEWIRE_{name.upper()}_ADDR"] = f"127.0.0.1:{ports[name]}"
-        pki = None
-        if tls:
-            # Where `make run` keeps it (var/tls/), so the CLI finds its own certificate too.
-            pki = generate_pki(var / "tls")
-        else:
-            env["PAGEWIRE_INSECURE_GRPC"] = "1"
+        suite = local_suite(
+            workdir,
+            database_url=database_url,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            graph_url=graph_url,
+            keyring=keyring,
+            app_secret=APP_SECRET,
+            verify_token=VERIFY_TOKEN,
+            log_level=log_level,
+            tls=tls,
+        )
+        env, pki, ports = suite.env, suite.pki, suite.ports
         env.update(extra_env or {})
         return cls(workdir, env, pki, ports)
 

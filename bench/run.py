@@ -36,8 +36,9 @@ from bench.bodies import (
 )
 from bench.driver import Drivers, Outcome
 from bench.locks import STRATEGIES
-from bench.procs import APP_SECRET, Suite, free_port
+from bench.procs import APP_SECRET, Suite
 from pagewire import fakegraph
+from pagewire.localsuite import free_port
 from services.tokens.vault import generate_keyring
 
 SCHEMA_VERSION = 1

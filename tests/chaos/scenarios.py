@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.db import sqlalchemy_url
-from bench.procs import APP_SECRET, Suite, free_port
+from bench.procs import APP_SECRET, Suite
 from pagewire import fakegraph
 from pagewire.kit import migrate
+from pagewire.localsuite import free_port
 from services.tokens.vault import generate_keyring
 from tests.chaos.meta import PAGES, MetaSender, Workload, deliver_in_order, event_ids
 from tests.chaos.servers import OwnPostgres, OwnRedis

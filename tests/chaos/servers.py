@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from bench.procs import free_port
+from pagewire.localsuite import free_port
 
 PG_USER = "postgres"
 

@@ -17,11 +17,12 @@ import httpx
 import pytest
 
 from pagewire import fakegraph
+from pagewire.localsuite import GRPC_SERVICES
 from services.tokens.vault import generate_keyring
 from tests.e2e.conftest import PAGE_TOKENS, cli, connect, sign
 from tests.support.otlp import OtlpReceiver, ReceivedSpan, span_tree
 from tests.support.secretscan import leaks
-from tests.support.stack import APP_SECRET, GRPC_SERVICES, VERIFY_TOKEN, Stack
+from tests.support.stack import APP_SECRET, VERIFY_TOKEN, Stack
 from tests.support.waiting import free_port, wait_for
 
 PAGE = "109384756201938"

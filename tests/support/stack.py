@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -14,13 +13,12 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pagewire.kit.tls import DevPki, generate_pki
-from tests.support.waiting import free_port, wait_for
+from pagewire.kit.tls import DevPki
+from pagewire.localsuite import REPO, local_suite
+from tests.support.waiting import wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 APP_SECRET = "test_app_secret_0123456789abcdef"  # the secret the Meta fixtures are signed with
 VERIFY_TOKEN = "e2e-verify-token-4b1d"
-GRPC_SERVICES = ("router", "tokens", "subscriptions")
 
 
 @dataclass
@@ -58,38 +56,19 @@ class Stack:
     ) -> Stack:
         """The environment of a stack in `workdir`; with `tls`, mutual TLS like `make run`
         (off by default for stacks mixed with plaintext in-process fakes)."""
-        ports = {name: free_port() for name in (*GRPC_SERVICES, "gateway")}
-        var = workdir / "var"
-        var.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # A file, as Kubernetes mounts the Secret, so `pagewire tokens rotate` can add a key.
-        keyring_file = var / "keyring.json"
-        keyring_file.write_text(keyring)
-        keyring_file.chmod(0o600)
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": str(REPO),
-            "PAGEWIRE_DATABASE_URL": database_url,
-            "PAGEWIRE_REDIS_PREFIX": redis_prefix,
-            "PAGEWIRE_APP_SECRET": APP_SECRET,
-            "PAGEWIRE_VERIFY_TOKEN": VERIFY_TOKEN,
-            "PAGEWIRE_KEYRING_FILE": str(keyring_file),
-            "PAGEWIRE_GRAPH_URL": graph_url,
-            "PAGEWIRE_INSTAGRAM_GRAPH_URL": graph_url,
-            # The app id fake-graph lists in GET subscribed_apps (fakegraph.FAKE_APP_ID).
-            "PAGEWIRE_APP_ID": "842019375510284",
-            "PAGEWIRE_VAR_DIR": str(workdir / "var"),
-            "PAGEWIRE_SHUTDOWN_DRAIN_S": "0",
-            "PAGEWIRE_LOG_LEVEL": "DEBUG",
-            "PAGEWIRE_GATEWAY_PORT": str(ports["gateway"]),
-        }
-        if redis_url:
-            env["PAGEWIRE_REDIS_URL"] = redis_url
-        for name in GRPC_SERVICES:
-            env[f"PAGEWIRE_{name.upper()}_PORT"] = str(ports[name])
-            env[f"PAGEWIRE_{name.upper()}_ADDR"] = f"127.0.0.1:{ports[name]}"
-        if not tls:
-            env["PAGEWIRE_INSECURE_GRPC"] = "1"
-        return cls(workdir, env, ports, pki=generate_pki(var / "tls") if tls else None)
+        suite = local_suite(
+            workdir,
+            database_url=database_url,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            graph_url=graph_url,
+            keyring=keyring,
+            app_secret=APP_SECRET,
+            verify_token=VERIFY_TOKEN,
+            log_level="DEBUG",
+            tls=tls,
+        )
+        return cls(workdir, suite.env, suite.ports, pki=suite.pki)
 
     def channel(
         self, service: str, *, port: int | None = None, identity: str = "cli"
