@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Row, Table, TextClause, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -29,6 +29,29 @@ from pagewire.kit.errors import Unavailable
 
 # Errors that mean "the database cannot be reached", as opposed to a bug or bad data.
 DB_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout, OSError)
+
+# PostgreSQL conditions that mean "cannot write now, try again later", whatever class
+# psycopg files them under (read-only is an InternalError): by SQLSTATE, then by class.
+_UNAVAILABLE_SQLSTATES = {
+    "25006": "read_only_sql_transaction",
+    "53100": "disk_full",
+    "53200": "out_of_memory",
+    "53300": "too_many_connections",
+    "53400": "configuration_limit_exceeded",
+    "57P01": "admin_shutdown",
+    "57P02": "crash_shutdown",
+    "57P03": "cannot_connect_now",
+}
+_UNAVAILABLE_CLASSES = {"08": "connection_exception", "53": "insufficient_resources"}
+# SQLite's equivalents, by result code name and by message (aiosqlite raises sqlite3's errors).
+_SQLITE_UNAVAILABLE = {
+    "SQLITE_BUSY": "database is locked",
+    "SQLITE_LOCKED": "database is locked",
+    "SQLITE_READONLY": "readonly database",
+    "SQLITE_IOERR": "disk I/O error",
+    "SQLITE_FULL": "database or disk is full",
+    "SQLITE_CANTOPEN": "unable to open database file",
+}
 
 
 def is_postgres(url: str) -> bool:
@@ -60,7 +83,9 @@ def create_engine(url: str, schema: str, *, pool_size: int = 10) -> AsyncEngine:
     """The process's async engine for `schema`; nothing connects until first use.
 
     While tracing is on, each SQL statement it runs is a span."""
-    kwargs: dict[str, Any] = {"connect_args": _connect_args(url, schema)}
+    # hide_parameters: an error's text never carries the statement's values (message
+    # text, user ids, raw JSON); pagewire.kit.logs withholds the driver's own message.
+    kwargs: dict[str, Any] = {"connect_args": _connect_args(url, schema), "hide_parameters": True}
     if is_postgres(url):
         kwargs.update(
             pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=5
@@ -81,7 +106,7 @@ def create_sync_engine(url: str, schema: str) -> Engine:
     """A synchronous engine, for Alembic."""
     from sqlalchemy import create_engine as create
 
-    engine = create(sync_url(url), connect_args=_connect_args(url, schema))
+    engine = create(sync_url(url), connect_args=_connect_args(url, schema), hide_parameters=True)
     if not is_postgres(url):
         _prepare_sqlite(url, engine)
     return engine
@@ -130,6 +155,42 @@ async def insert_ignoring(
     return list(result.all()) if returning else []
 
 
+def _sqlite_reason(error: BaseException) -> str | None:
+    name = getattr(error, "sqlite_errorname", None) or ""
+    for code, reason in _SQLITE_UNAVAILABLE.items():
+        if name == code or name.startswith(code + "_"):
+            return reason
+    text = str(error).lower()
+    for reason in _SQLITE_UNAVAILABLE.values():
+        if reason.lower() in text:
+            return reason
+    return None
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """Why `exc` means the database cannot take this work now (read-only, disk full,
+    connection lost, shutting down, locked …), or None for a bug or bad data.
+
+    The answer is safe to log and to return to a caller: a condition or class name
+    and a SQLSTATE, never the driver's message (which can quote row values).
+    """
+    driver = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    state = getattr(driver, "sqlstate", None)
+    if isinstance(state, str) and len(state) == 5:
+        name = _UNAVAILABLE_SQLSTATES.get(state) or _UNAVAILABLE_CLASSES.get(state[:2])
+        if name is not None:
+            return f"{name}, SQLSTATE {state}"
+    if type(driver).__module__ == "sqlite3":
+        sqlite = _sqlite_reason(driver)
+        if sqlite is not None:
+            return sqlite
+    if isinstance(exc, DB_UNAVAILABLE):
+        if isinstance(state, str) and state:
+            return f"{type(driver).__name__}, SQLSTATE {state}"
+        return type(driver).__name__
+    return None
+
+
 def unavailable(exc: BaseException) -> Unavailable:
     """A safe error for a database that cannot be reached (no URL, no credentials)."""
-    return Unavailable(f"database unavailable ({type(exc).__name__})")
+    return Unavailable(f"database unavailable ({unavailable_reason(exc) or type(exc).__name__})")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import field
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 PREFIX = "PAGEWIRE_"
 
@@ -55,6 +58,47 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def hidden(**kwargs: Any) -> Any:
+    """A settings field left out of the dataclass's repr: a URL that may carry a password.
+
+    `hidden()` or `hidden(default=None)` in place of `dataclasses.field(...)`."""
+    return field(repr=False, **kwargs)
+
+
+# Query parameters that carry a credential (libpq accepts `?password=`).
+_SECRET_QUERY_KEYS = {"password", "pass", "passwd", "secret", "token", "sslpassword"}
+
+
+def redacted_url(url: str) -> str:
+    """`url` safe to log: its password (and any password-like query value) as `***`.
+
+    `postgresql+psycopg://app:s3cret@db:5432/pagewire` → `…://app:***@db:5432/pagewire`;
+    `redis://:s3cret@redis:6379/0` → `redis://:***@redis:6379/0`. A URL that cannot be
+    parsed is reduced to its scheme.
+    """
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, host = netloc.rsplit("@", 1)
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            if any(key.lower() in _SECRET_QUERY_KEYS for key, _ in pairs):
+                query = urlencode(
+                    [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs],
+                    safe="*",
+                )
+        if netloc == parts.netloc and query == parts.query:
+            return url
+        # Assembled by hand: urlunsplit would drop the `//` of a URL with an empty host.
+        rest = parts.path + (f"?{query}" if query else "")
+        return f"{parts.scheme}://{netloc}{rest}" + (f"#{parts.fragment}" if parts.fragment else "")
+    except ValueError:
+        return url.split(":", 1)[0] + "://…" if ":" in url else "…"
 
 
 def env_str(environ: Mapping[str, str], name: str, default: str | None = None) -> str:

@@ -330,8 +330,10 @@ def instrument_engine(engine: Any) -> None:
     if _active is None:
         return
     from opentelemetry import metrics
+    from opentelemetry.instrumentation.sqlalchemy import engine as instrumented
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
     from opentelemetry.instrumentation.sqlalchemy.version import __version__
+    from sqlalchemy import event
 
     sync_engine = getattr(engine, "sync_engine", engine)
     usage = metrics.get_meter(__name__).create_up_down_counter("db.client.connections.usage")
@@ -340,6 +342,28 @@ def instrument_engine(engine: Any) -> None:
         sync_engine,
         usage,
     )
+    # The instrumentation writes the driver's message into a failed statement's span
+    # status, and PostgreSQL's can quote the row ("Failing row contains (...)"): ours
+    # writes what the logs may show instead.
+    if event.contains(sync_engine, "handle_error", instrumented._handle_error):
+        event.remove(sync_engine, "handle_error", instrumented._handle_error)
+    event.listen(sync_engine, "handle_error", _failed_statement)
+
+
+def _failed_statement(context: Any) -> None:
+    """Ends a failed statement's span with the error's class and SQLSTATE, not its text."""
+    from opentelemetry.trace import Status, StatusCode
+
+    from pagewire.kit.logs import database_error_summary
+
+    span = getattr(context.execution_context, "_otel_span", None)
+    if span is None:
+        return
+    if span.is_recording():
+        error = context.original_exception
+        summary = database_error_summary(error) or type(error).__name__
+        span.set_status(Status(StatusCode.ERROR, summary))
+    span.end()
 
 
 def instrument_redis(client: Any) -> None:

@@ -11,6 +11,7 @@ from pagewire.kit.settings import (
     env_int,
     env_str,
     grpc_target,
+    hidden,
 )
 
 
@@ -20,10 +21,13 @@ class RouterSettings:
 
     host: str
     port: int
-    database_url: str
+    database_url: str = hidden()  # may carry a password
     db_pool_size: int
-    redis_url: str | None
+    redis_url: str | None = hidden()  # may carry a password
     redis_prefix: str
+    # Connect and read timeout of every Redis command: shorter than the gateway's Ingest
+    # deadline (PAGEWIRE_GATEWAY_INGEST_TIMEOUT_S, 4 s), so a frozen Redis answers 503 in time.
+    redis_timeout_s: float
     subscriptions_addr: str
     tokens_addr: str
     profile_refresh_s: float
@@ -32,6 +36,9 @@ class RouterSettings:
     page_cache_ttl_s: float
     rpc_timeout_s: float
     group_concurrency: int
+    # How often PostgreSQL and Redis are checked for the router's readiness; a check that
+    # does not answer within one interval counts as failed.
+    readiness_interval_s: float
     log_level: str
     drain_s: float
     grace_s: float
@@ -45,6 +52,7 @@ class RouterSettings:
             db_pool_size=env_int(environ, "ROUTER_DB_POOL_SIZE", 10, minimum=1, maximum=200),
             redis_url=environ.get("PAGEWIRE_REDIS_URL") or None,
             redis_prefix=env_str(environ, "REDIS_PREFIX", "pagewire"),
+            redis_timeout_s=env_float(environ, "REDIS_TIMEOUT_S", 1.0, minimum=0.05),
             subscriptions_addr=grpc_target(environ, "subscriptions", 50053),
             tokens_addr=grpc_target(environ, "tokens", 50052),
             # Contact profiles are fetched at most once per this period; 0 turns them off.
@@ -54,6 +62,7 @@ class RouterSettings:
             page_cache_ttl_s=env_float(environ, "PAGE_CACHE_TTL_S", 30.0),
             rpc_timeout_s=env_float(environ, "RPC_TIMEOUT_S", 2.0, minimum=0.05),
             group_concurrency=env_int(environ, "ROUTER_GROUP_CONCURRENCY", 8, minimum=1),
+            readiness_interval_s=env_float(environ, "READINESS_INTERVAL_S", 1.0, minimum=0.05),
             log_level=env_str(environ, "LOG_LEVEL", "INFO"),
             drain_s=env_float(environ, "SHUTDOWN_DRAIN_S", 0.5),
             grace_s=env_float(environ, "SHUTDOWN_GRACE_S", 5.0),

@@ -8,6 +8,12 @@ budget and the holder's remaining TTL so a crashed holder's lock is retried
 the moment it expires. The lock key and its wake-up list share a hash tag so
 they live in one slot of a Redis Cluster.
 
+Every Redis command has a socket timeout (PAGEWIRE_REDIS_TIMEOUT_S, shorter than
+the gateway's Ingest deadline), so a frozen or unreachable Redis is `Unavailable`
+(503, Meta retries) within it instead of holding the POST until its deadline. A
+BLPOP therefore blocks in slices of half that timeout and the waiter loops (try
+SET NX again, then block again): it is still woken by the releaser's push, at once.
+
 Both kinds time the wait and the hold (`pagewire_lock_wait_seconds`,
 `pagewire_lock_hold_seconds`, `pagewire_lock_wait_exceeded_total`) and, while
 tracing is on, make a `lock.wait` and a `lock.hold` span; the work done under
@@ -25,6 +31,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from typing import Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from pagewire.kit import telemetry
@@ -163,6 +172,10 @@ class RedisLocks:
         self._wait_ms = wait_ms
         self._release = client.register_script(_RELEASE)
         self._extend = client.register_script(_EXTEND)
+        # A BLPOP must return before the socket timeout fires, or a quiet wait would read
+        # as a dead Redis: block at most half of it at a time (None: no socket timeout).
+        socket_timeout = client.get_connection_kwargs().get("socket_timeout")
+        self._block_s = socket_timeout / 2 if socket_timeout else None
 
     def keys_for(self, key: str) -> tuple[str, str]:
         """The lock key and its wake-up list, sharing the hash tag `{key}`."""
@@ -184,7 +197,10 @@ class RedisLocks:
                 ttl = await self.redis.pttl(lock_key)
                 # A lock with no TTL left (or already gone) is retried at once.
                 if ttl > 0:
-                    await self.redis.blpop([wake_key], timeout=min(remaining, ttl / 1000 + 0.001))
+                    block = min(remaining, ttl / 1000 + 0.001)
+                    if self._block_s is not None:
+                        block = min(block, self._block_s)
+                    await self.redis.blpop([wake_key], timeout=block)
         except RedisError as exc:
             raise Unavailable(f"redis unavailable ({type(exc).__name__})") from None
 
@@ -221,14 +237,31 @@ class RedisLocks:
             renew.cancel()
             await self.release(key, token)
 
+    async def ping(self) -> None:
+        """Raises Unavailable unless Redis answers within the client's socket timeout."""
+        try:
+            await self.redis.ping()
+        except RedisError as exc:
+            raise Unavailable(f"redis unavailable ({type(exc).__name__})") from None
+
     async def close(self) -> None:
         await self.redis.aclose()
 
 
-def redis_client(url: str) -> aioredis.Redis:
-    """The process's Redis client; no socket timeout, since BLPOP blocks by design.
+def redis_client(url: str, timeout_s: float = 1.0) -> aioredis.Redis:
+    """The process's Redis client: connecting and every reply bounded by `timeout_s`.
 
-    While tracing is on, each command is a span (its name only, never its arguments)."""
-    client = aioredis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
+    Keep `timeout_s` below the gateway's Ingest deadline. A command is retried once,
+    at once, on a connection error (a pooled connection that a Redis restart closed),
+    never on a timeout: a frozen Redis costs one timeout, not redis-py's default ten
+    retries. While tracing is on, each command is a span (its name only, never its
+    arguments)."""
+    client = aioredis.from_url(
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
     telemetry.instrument_redis(client)
     return client

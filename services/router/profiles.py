@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from pagewire.graph.codes import is_token_invalid
 from pagewire.graph.errors import GraphError
 from pagewire.kit import telemetry
+from pagewire.kit.db import unavailable_reason
 from pagewire.kit.errors import PagewireError
 from pagewire.kit.settings import Secret
 from pagewire.kit.timeutil import now_ms
@@ -120,8 +121,16 @@ class ProfileFetcher:
                 ):
                     try:
                         await self._fetch(*key)
-                    except Exception:
-                        log.exception("profile lookup failed", extra={"page_id": page_id})
+                    except Exception as exc:
+                        reason = unavailable_reason(exc)
+                        if reason is None:
+                            log.exception("profile lookup failed", extra={"page_id": page_id})
+                        else:
+                            # An outage, not a bug: one line, retried on the contact's next event.
+                            log.warning(
+                                "profile lookup failed: database unavailable",
+                                extra={"page_id": page_id, "reason": reason},
+                            )
             finally:
                 self._queued.discard(key)
                 self._queue.task_done()

@@ -15,6 +15,7 @@ from pagewire.kit.settings import (
     env_int,
     env_str,
     grpc_target,
+    hidden,
 )
 from services.subscriptions.reconcile import ReconcileSettings
 
@@ -62,7 +63,7 @@ def _fields(environ: Mapping[str, str], name: str, default: tuple[str, ...]) -> 
 class SubscriptionsSettings:
     """Where the service listens and stores, and how it reaches Graph, tokens and router."""
 
-    database_url: str = field(repr=False)  # may carry a password
+    database_url: str = hidden()  # may carry a password
     graph: GraphSettings = field(default_factory=GraphSettings)
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
     tokens_target: str = "127.0.0.1:50052"

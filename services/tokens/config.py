@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pagewire.kit.settings import (
@@ -15,6 +15,7 @@ from pagewire.kit.settings import (
     env_int,
     env_secret,
     env_str,
+    hidden,
 )
 from services.tokens.access import DEFAULT_ADMIN, DEFAULT_DECRYPT, DEFAULT_WRITE
 from services.tokens.keyring import KeyRing, KeyRingError
@@ -26,7 +27,7 @@ _IDENTITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 class TokensSettings:
     """Where the vault listens, where it stores, its key ring and who may call what."""
 
-    database_url: str = field(repr=False)  # may carry a password
+    database_url: str = hidden()  # may carry a password
     keyring: KeyRing
     keyring_file: Path | None = None
     decrypt_allowed: tuple[str, ...] = DEFAULT_DECRYPT

@@ -17,13 +17,15 @@ import secrets
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry.trace import SpanKind, get_current_span
+from opentelemetry.trace import SpanKind, StatusCode, get_current_span
 from prometheus_client import REGISTRY
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from pagewire import fakegraph
 from pagewire.graph import GraphClient, GraphSettings, PagesApi
 from pagewire.kit import telemetry
+from pagewire.kit.authz import Policy
 from pagewire.kit.channels import open_channel
 from pagewire.kit.db import create_engine
 from pagewire.kit.errors import Aborted
@@ -76,6 +78,27 @@ async def test_each_sql_statement_is_a_span(database_url: str) -> None:
     ]
     assert bound.kind == SpanKind.CLIENT and bound.attributes["db.system"] == "postgresql"
     assert "424242" not in attribute_text(bound)  # placeholders, never the bound values
+
+
+async def test_a_failed_statement_keeps_the_row_out_of_its_span(database_url: str) -> None:
+    """PostgreSQL's error text quotes the failing row (`DETAIL: Failing row contains`);
+    the statement's span says which error, never the row."""
+    marker = "PWSPANMARKER-7e1c"
+    with recording() as rec:
+        engine = create_engine(database_url, "router")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("CREATE TEMP TABLE t (v text CHECK (length(v) < 5))"))
+                with pytest.raises(IntegrityError):
+                    await conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": marker})
+        finally:
+            await engine.dispose()
+    (failed,) = [
+        s for s in rec.spans() if s.attributes.get("db.statement", "").startswith("INSERT")
+    ]
+    assert failed.status.status_code == StatusCode.ERROR
+    assert "23514" in (failed.status.description or "")
+    assert marker not in attribute_text(failed)
 
 
 async def test_one_ingest_is_one_trace_from_caller_to_sql_and_redis(
@@ -149,7 +172,11 @@ async def test_a_traced_stream_still_streams(
 
 async def test_health_checks_make_no_spans() -> None:
     with recording() as rec:
-        service = await start_server(names=["pagewire.test.v1.Nothing"], register=lambda s: None)
+        service = await start_server(
+            names=["pagewire.test.v1.Nothing"],
+            register=lambda s: None,
+            access=Policy.open(["pagewire.test.v1.Nothing"]),
+        )
         try:
             async with open_channel(f"127.0.0.1:{service.port}") as channel:
                 with rec.tracer.start_as_current_span("probe"):
