@@ -18,6 +18,7 @@ from pagewire.kit.settings import current_environ
 from pagewire.kit.tls import GrpcSecurity
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
+from services.gateway.protocol import with_header_timeout
 
 log = logging.getLogger("pagewire.gateway")
 
@@ -69,6 +70,8 @@ def build_server(
         app,
         host=settings.host,
         port=settings.port,
+        # httptools, as "auto" would pick, plus the request-header deadline uvicorn lacks.
+        http=with_header_timeout(settings.header_timeout_s),
         # Our JSON logging is already set up; uvicorn's own config would replace it.
         log_config=None,
         # An access line per webhook would be noise at 1,000 events/s, and the verify
@@ -98,6 +101,10 @@ async def main() -> None:
             "router": settings.router_addr,
             "max_body_bytes": settings.max_body_bytes,
             "ingest_timeout_s": settings.ingest_timeout_s,
+            "header_timeout_s": settings.header_timeout_s,
+            "body_timeout_s": settings.body_timeout_s,
+            "max_concurrency": settings.max_concurrency,
+            "max_items": settings.max_items,
         },
     )
     # Returns after SIGTERM/SIGINT, once open requests are answered.

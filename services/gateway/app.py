@@ -1,10 +1,18 @@
 """The gateway's HTTP app: Meta's verify handshake, signed webhook POSTs, health probes, metrics.
 
 A POST is answered 200 only after the router's `Ingest` returned OK, so a 200
-always means the events are stored (guarantee 1); anything else is a 503 and
-Meta delivers again. Each POST is counted by platform and outcome and, while
-tracing is on, is the root span of its trace (signature check and
+always means the events are stored (guarantee 1); a router failure is a 503 and
+Meta delivers again. The path decides the platform: its secret checks the
+signature and its platform goes on the events, and a body whose `object` names
+the other platform is refused. Each POST is counted by platform and outcome and,
+while tracing is on, is the root span of its trace (signature check and
 normalization are its children; the router's spans join through `Ingest`).
+
+Internet-facing limits: at most `max_concurrency` POSTs in flight per process (the
+next is a 503 with Retry-After, its body unread), a body must arrive within
+`body_timeout_s` (else 408), and `max_items` items per POST (else 413, counted
+before normalizing). The request-header deadline lives in the uvicorn protocol
+(services/gateway/protocol.py): the app is not called before the headers are in.
 """
 
 from __future__ import annotations
@@ -29,11 +37,13 @@ from pagewire.kit.channels import open_channel
 from pagewire.kit.metrics import exposition
 from pagewire.kit.settings import Secret
 from pagewire.kit.tls import GrpcSecurity
-from pagewire.proto import router_pb2, router_pb2_grpc
+from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc
 from services.gateway import metrics
 from services.gateway.config import GatewaySettings
 from services.gateway.normalize import (
+    OBJECTS,
     MalformedEnvelope,
+    TooManyItems,
     normalize_envelope,
     parse_envelope,
     platform_of,
@@ -52,6 +62,9 @@ READY_TIMEOUT_S = 1.0
 # The asyncio guard fires just after the gRPC deadline, so the router sees the deadline
 # itself (and can stop working) rather than a cancelled stream.
 _DEADLINE_MARGIN_S = 0.25
+# Seconds a POST refused for the in-flight limit is told to wait: a slot frees as soon as
+# any POST in flight is answered, usually within milliseconds.
+RETRY_AFTER_S = 1
 
 IngestFn = Callable[[router_pb2.IngestRequest, float], Awaitable[object]]
 """Sends one IngestRequest with a timeout in seconds; returns once the router committed."""
@@ -64,10 +77,37 @@ Router = IngestFn | router_pb2_grpc.RouterServiceStub
 
 @dataclass(frozen=True)
 class _Channel:
-    """A webhook path: its platform name (for logs) and the secret that signs its bodies."""
+    """A webhook path: its platform (name for logs and metrics), the secret that signs its
+    bodies, and so the only `object` it accepts."""
 
     name: str
+    path: str
+    platform: int
     secret: Secret
+
+    @property
+    def object(self) -> str:
+        return OBJECTS[self.platform]
+
+
+class _InFlight:
+    """Webhook POSTs this process is handling, against `PAGEWIRE_GATEWAY_MAX_CONCURRENCY`.
+
+    One event loop, and no await between `full()` and entering: a plain counter is exact.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def full(self) -> bool:
+        return self.count >= self.limit
+
+    def __enter__(self) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
 
 
 class _RouterLink:
@@ -113,11 +153,19 @@ def create_app(
             link.ingest = link.ready = None
             await channel.close()
 
-    facebook = _Channel("facebook", settings.app_secret)
-    instagram = _Channel("instagram", settings.instagram_app_secret)
+    channels = (
+        _Channel("facebook", "/webhooks/facebook", events_pb2.FACEBOOK, settings.app_secret),
+        _Channel(
+            "instagram", "/webhooks/instagram", events_pb2.INSTAGRAM, settings.instagram_app_secret
+        ),
+    )
+    # Shared by both paths: the limit is per process.
+    in_flight = _InFlight(settings.max_concurrency)
     routes = [
-        Route("/webhooks/facebook", _webhook(settings, facebook, link), methods=["GET", "POST"]),
-        Route("/webhooks/instagram", _webhook(settings, instagram, link), methods=["GET", "POST"]),
+        *(
+            Route(c.path, _webhook(settings, c, link, in_flight), methods=["GET", "POST"])
+            for c in channels
+        ),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/readyz", _readyz(link), methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
@@ -128,10 +176,12 @@ def create_app(
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _webhook(settings: GatewaySettings, channel: _Channel, link: _RouterLink) -> Endpoint:
+def _webhook(
+    settings: GatewaySettings, channel: _Channel, link: _RouterLink, in_flight: _InFlight
+) -> Endpoint:
     """One path, two methods: the GET handshake and the POST deliveries."""
     verify = _verify(settings, channel)
-    receive = _receive(settings, channel, link)
+    receive = _receive(settings, channel, link, in_flight)
 
     async def webhook(request: Request) -> Response:
         return await (receive if request.method == "POST" else verify)(request)
@@ -168,14 +218,22 @@ def _verify(settings: GatewaySettings, channel: _Channel) -> Endpoint:
     return verify
 
 
-def _receive(settings: GatewaySettings, channel: _Channel, link: _RouterLink) -> Endpoint:
-    """A webhook POST: size, signature, shape, normalize, one Ingest, then 200."""
+def _receive(
+    settings: GatewaySettings, channel: _Channel, link: _RouterLink, in_flight: _InFlight
+) -> Endpoint:
+    """A webhook POST: a slot, size and time, signature, shape, normalize, one Ingest, then 200."""
     secret = channel.secret.encode()
 
     async def receive(request: Request) -> Response:
         started = time.perf_counter()
         telemetry.annotate(platform=channel.name)
-        outcome, response = await handle(request)
+        if in_flight.full():
+            # Debug, not warning: the metric counts these, and overload would flood the log.
+            log.debug("webhook refused: too many in flight", extra={"platform": channel.name})
+            outcome, response = "overloaded", _overloaded()
+        else:
+            with in_flight:
+                outcome, response = await handle(request)
         metrics.WEBHOOKS.labels(channel.name, outcome).inc()
         metrics.WEBHOOK_SECONDS.labels(channel.name).observe(time.perf_counter() - started)
         telemetry.annotate(outcome=outcome)
@@ -183,7 +241,15 @@ def _receive(settings: GatewaySettings, channel: _Channel, link: _RouterLink) ->
 
     async def handle(request: Request) -> tuple[str, Response]:
         try:
-            body = await _read_body(request, settings.max_body_bytes)
+            async with asyncio.timeout(settings.body_timeout_s):
+                body = await _read_body(request, settings.max_body_bytes)
+        except TimeoutError:
+            log.warning(
+                "webhook body not received in time",
+                extra={"platform": channel.name, "body_timeout_s": settings.body_timeout_s},
+            )
+            # Closing frees the connection the slow sender was holding.
+            return "body_timeout", _json({"error": "body not received in time"}, 408, close=True)
         except ClientDisconnect:
             # The sender gave up mid-body (Meta redelivers); nobody is left to answer.
             log.debug("webhook sender disconnected", extra={"platform": channel.name})
@@ -206,30 +272,12 @@ def _receive(settings: GatewaySettings, channel: _Channel, link: _RouterLink) ->
             )
             return "bad_signature", _json({"error": "bad signature"}, 401)
 
-        reason, ours, events = "", False, []
         with tracer.start_as_current_span("webhook.normalize"):
-            try:
-                envelope = parse_envelope(body)
-            except MalformedEnvelope as exc:
-                reason = str(exc)
-                envelope = None
-            else:
-                ours = platform_of(envelope) is not None
-                events = normalize_envelope(envelope) if ours else []
+            outcome, answer, events = _unpack(body, channel, settings.max_items)
+            if answer is None:
                 telemetry.annotate(event_count=len(events))
-        if envelope is None:
-            log.warning(
-                "webhook body malformed", extra={"platform": channel.name, "reason": reason}
-            )
-            return "malformed", _json({"error": "malformed body"}, 400)
-
-        if not ours:
-            # Debug, not info: the metric counts these, and a flood of them would be noise.
-            log.debug(
-                "webhook object ignored",
-                extra={"platform": channel.name, "object": str(envelope.get("object"))[:64]},
-            )
-            return "ignored", _json({"status": "ignored", "events": 0}, 200)
+        if answer is not None:
+            return outcome, answer
 
         if not events:
             log.debug("webhook carried no events", extra={"platform": channel.name})
@@ -243,6 +291,49 @@ def _receive(settings: GatewaySettings, channel: _Channel, link: _RouterLink) ->
         return "ok", _json({"status": "ok", "events": len(events)}, 200)
 
     return receive
+
+
+def _unpack(
+    body: bytes, channel: _Channel, max_items: int
+) -> tuple[str, Response | None, list[events_pb2.Event]]:
+    """Parse, check `object` against the path, normalize: the events, or the answer instead.
+
+    The item cap is checked as soon as the body is decoded, so an oversized POST costs a
+    parse and never a normalization. An `object` other than the path's is refused with 400:
+    a body signed with the Messenger secret must not carry Instagram events, and an object
+    Pagewire does not read (user, permissions, whatsapp_business_account, none) must not
+    be acknowledged and dropped — the 400 tells whoever subscribed it to this path.
+    """
+    try:
+        envelope = parse_envelope(body, max_items=max_items)
+    except TooManyItems as exc:
+        log.warning(
+            "webhook has too many items", extra={"platform": channel.name, "max_items": exc.limit}
+        )
+        return "too_many_items", _json({"error": "too many items", "detail": str(exc)}, 413), []
+    except MalformedEnvelope as exc:
+        log.warning("webhook body malformed", extra={"platform": channel.name, "reason": str(exc)})
+        return "malformed", _json({"error": "malformed body", "detail": str(exc)}, 400), []
+
+    claimed = platform_of(envelope)
+    if claimed != channel.platform:
+        # Not acknowledged: a 200 would drop a signed body nobody here reads.
+        log.warning(
+            "webhook object does not match its path",
+            extra={"platform": channel.name, "object": str(envelope.get("object"))[:64]},
+        )
+        detail = f'{channel.path} accepts only "object": "{channel.object}"'
+        return "wrong_object", _json({"error": "wrong object", "detail": detail}, 400), []
+    return "ok", None, normalize_envelope(envelope, platform=channel.platform)
+
+
+def _overloaded() -> Response:
+    """503 before the body is read; closing spares reading the body nobody will use."""
+    response = _json(
+        {"error": "overloaded", "detail": "too many webhooks in flight"}, 503, close=True
+    )
+    response.headers["retry-after"] = str(RETRY_AFTER_S)
+    return response
 
 
 def _count_events(platform: str, reply: object) -> None:

@@ -8,15 +8,21 @@ from pagewire.kit.metrics import LATENCY_BUCKETS
 
 PLATFORMS = ("facebook", "instagram")
 # ok: 200 after the router committed; ignored: 200 for an object that is not ours;
-# bad_signature 401, malformed 400, too_large 413, unavailable 503 (Meta retries);
+# bad_signature 401, malformed 400, wrong_object 400 (the other platform's object on this
+# path), too_large 413 (bytes), too_many_items 413, body_timeout 408, unavailable 503
+# (Meta retries), overloaded 503 (the in-flight limit; refused before reading the body);
 # disconnected: the sender gave up mid-body.
 OUTCOMES = (
     "ok",
     "ignored",
     "bad_signature",
     "malformed",
+    "wrong_object",
     "too_large",
+    "too_many_items",
+    "body_timeout",
     "unavailable",
+    "overloaded",
     "disconnected",
 )
 RESULTS = ("stored", "duplicate", "parked")
@@ -37,7 +43,6 @@ WEBHOOK_EVENTS = Counter(
     "Events of acknowledged webhooks, by what the router did with them.",
     ["platform", "result"],
 )
-
 for _platform in PLATFORMS:
     WEBHOOK_SECONDS.labels(_platform)
     for _outcome in OUTCOMES:

@@ -1,10 +1,11 @@
 """Meta webhook envelopes → `events.v1` events: pure functions, no web or gRPC imports.
 
 Every item of every `entry[].messaging[]` and `entry[].standby[]` becomes one
-Event. Meta's payloads vary (ids as numbers or strings, seconds or
-milliseconds, float timestamps, missing senders, the dashboard's test body),
-so nothing here trusts a type: a value of the wrong type reads as absent, and
-an item that cannot be understood travels as `unsupported` with its raw JSON.
+Event, of the platform of the path the body arrived on. Meta's payloads vary
+(ids as numbers or strings, seconds or milliseconds, float timestamps, missing
+senders, the dashboard's test body), so nothing here trusts a type: a value of
+the wrong type reads as absent, and an item that cannot be understood travels
+as `unsupported` with its raw JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from pagewire.proto import events_pb2
 
 # Webhook `object` → platform. Anything else (user, permissions, whatsapp...) is not ours.
 PLATFORMS: dict[str, int] = {"page": events_pb2.FACEBOOK, "instagram": events_pb2.INSTAGRAM}
+# Platform → the only `object` its webhook path accepts.
+OBJECTS: dict[int, str] = {platform: obj for obj, platform in PLATFORMS.items()}
+# The lists of an entry whose elements are items: what PAGEWIRE_GATEWAY_MAX_ITEMS counts.
+ITEM_LISTS = ("messaging", "standby", "changes")
 
 # Below this a timestamp is in seconds: 10**11 ms is 1973, 10**11 s is the year 5138.
 _SECONDS_BELOW = 10**11
@@ -67,43 +72,73 @@ _STICKER_BEARING = frozenset({"sticker", "image"})
 
 
 class MalformedEnvelope(ValueError):
-    """Not a webhook envelope: not JSON, not an object, `entry` not a list, or nested absurdly."""
+    """Not a webhook envelope: not JSON, not an object, a top-level key twice, `entry` not a
+    list, or nested absurdly."""
 
 
-def parse_envelope(body: bytes) -> dict[str, Any]:
+class TooManyItems(ValueError):
+    """More items than one POST may carry (a 413), found before anything walks them."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} items (entries, messaging, standby and changes)")
+        self.limit = limit
+
+
+def parse_envelope(body: bytes, *, max_items: int | None = None) -> dict[str, Any]:
     """Parses a webhook body; raises MalformedEnvelope (a 400) rather than guessing.
 
     NaN and Infinity are refused: they are not JSON, and nothing downstream could
-    store them. Integers keep full precision (ids above 2**53 stay exact).
+    store them. Integers keep full precision (ids above 2**53 stay exact). A
+    top-level key given twice is refused: the standard decoder silently keeps the
+    last `object`, another parser may keep the first. With `max_items`, more items
+    than that raise TooManyItems right after decoding, before the depth walk and
+    normalization, whose cost grows with them (a signed 1 MiB body of `{}` items is
+    340,000 events and seconds of CPU).
     """
     try:
-        data = json.loads(body, parse_constant=_refuse_constant)
+        data = _decode(body)
+    except MalformedEnvelope:
+        raise
     except (ValueError, RecursionError):
         raise MalformedEnvelope("body is not valid JSON") from None
     if not isinstance(data, dict):
         raise MalformedEnvelope("body is not a JSON object")
-    if not isinstance(data.get("entry"), list):
+    entries = data.get("entry")
+    if not isinstance(entries, list):
         raise MalformedEnvelope("entry is not a list")
+    if max_items is not None and _more_items_than(entries, max_items):
+        raise TooManyItems(max_items)
     if _too_deep(data, MAX_DEPTH):
         raise MalformedEnvelope(f"body is nested deeper than {MAX_DEPTH} levels")
     return data
 
 
 def platform_of(envelope: Mapping[str, Any]) -> int | None:
-    """FACEBOOK for `object: page`, INSTAGRAM for `object: instagram`, else None."""
+    """The platform the body's `object` names: FACEBOOK for `page`, INSTAGRAM for
+    `instagram`, else None. The gateway compares it with its path's platform; it never
+    decides the platform of the events."""
     obj = envelope.get("object")
     return PLATFORMS.get(obj) if isinstance(obj, str) else None
 
 
 def normalize_envelope(
-    envelope: Mapping[str, Any], *, received_at_ms: int | None = None
+    envelope: Mapping[str, Any],
+    *,
+    platform: int | None = None,
+    received_at_ms: int | None = None,
 ) -> list[events_pb2.Event]:
-    """Every messaging and standby item of every entry, as events in Meta's order.
+    """Every messaging and standby item of every entry, as events of `platform` in Meta's order.
+
+    The gateway passes the platform of the path the body arrived on, whose secret
+    signed it (a body whose `object` names the other platform was refused before).
+    Without it the platform is the one `object` names, for tools and tests that replay
+    stored bodies with no path; a body naming none gives no events.
 
     Entries without a usable id are skipped: without a page nothing can be routed,
     and Meta's dashboard test body (`"message": "TEST_MESSAGE"`, no ids) is one.
     """
-    platform = platform_of(envelope)
+    if platform is None:
+        platform = platform_of(envelope)
     entries = envelope.get("entry")
     if platform is None or not isinstance(entries, list):
         return []
@@ -446,19 +481,76 @@ def _clean(text: str) -> str:
     return text
 
 
-def _too_deep(value: object, limit: int) -> bool:
-    """True when values nest more than `limit` levels (walked without recursion)."""
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(node, dict):
-            stack.extend((child, depth + 1) for child in node.values())
-        elif isinstance(node, list):
-            stack.extend((child, depth + 1) for child in node)
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_WHITESPACE = json.decoder.WHITESPACE.match
+
+
+def _decode(body: bytes) -> object:
+    """`json.loads(body)`, except that a top-level key given twice raises MalformedEnvelope.
+
+    A pairs hook on `json.loads` would run in Python for every object of the body;
+    here only the top-level object goes through the library's own object parser
+    (`json.decoder.JSONObject`) with a hook, and every value in it is still decoded
+    by the C scanner, so the normal path costs the same.
+    """
+    text = body.decode(json.detect_encoding(body), "surrogatepass")
+    start = _WHITESPACE(text, 0).end()
+    if not text.startswith("{", start):
+        return _DECODER.decode(text)
+    data, end = json.decoder.JSONObject(  # type: ignore[attr-defined]
+        (text, start + 1), _DECODER.strict, _DECODER.scan_once, None, _unique_keys, {}
+    )
+    if _WHITESPACE(text, end).end() != len(text):
+        raise ValueError("extra data after the top-level object")
+    return data
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise MalformedEnvelope(f"top-level key {json.dumps(key[:64])} appears twice")
+            seen.add(key)
+    return data
+
+
+def _more_items_than(entries: list[Any], limit: int) -> bool:
+    """True when the entries and the items of their messaging, standby and changes lists
+    number more than `limit`; looks at two levels only, never inside an item."""
+    count = len(entries)
+    if count > limit:
+        return True
+    for entry in entries:
+        if isinstance(entry, dict):
+            for key in ITEM_LISTS:
+                items = entry.get(key)
+                if isinstance(items, list):
+                    count += len(items)
+            if count > limit:
+                return True
     return False
 
 
-def _refuse_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
+def _too_deep(value: object, limit: int) -> bool:
+    """True when values nest more than `limit` levels (walked level by level, without
+    recursion; `extend` copies each level's children in C, which keeps the walk of a 1 MiB
+    body in tens of milliseconds)."""
+    level: list[object] = [value]
+    for _ in range(limit - 1):
+        below: list[object] = []
+        for node in level:
+            if isinstance(node, dict):
+                below.extend(node.values())
+            elif isinstance(node, list):
+                below.extend(node)
+        if not below:
+            return False
+        level = below
+    # `level` holds the values at depth `limit`: anything inside one of them is too deep.
+    return any(node for node in level if isinstance(node, dict | list))

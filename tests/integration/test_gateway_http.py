@@ -18,6 +18,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2
 
+from pagewire.kit.authz import Policy
 from pagewire.kit.grpcserver import GrpcService, start_server
 from pagewire.kit.logs import JsonFormatter
 from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc
@@ -77,6 +78,7 @@ async def router() -> AsyncIterator[FakeRouter]:
     fake.service = await start_server(
         names=[ROUTER_SERVICE],
         register=lambda server: router_pb2_grpc.add_RouterServiceServicer_to_server(fake, server),
+        access=Policy.open([ROUTER_SERVICE]),
         port=0,
     )
     try:
@@ -385,17 +387,19 @@ async def test_malformed_body_is_400(
 ) -> None:
     response = await post(gateway, body)
     assert response.status_code == 400
-    assert response.json() == {"error": "malformed body"}
+    assert response.json()["error"] == "malformed body"
+    assert response.json()["detail"]  # which rule the body broke, for whoever sent it
     assert router.received == []
 
 
-async def test_other_objects_are_acknowledged_and_dropped(
+async def test_other_objects_are_refused_not_acknowledged_and_dropped(
     gateway: httpx.AsyncClient, router: FakeRouter
 ) -> None:
+    """A signed object no path here reads is not answered 200 (that would drop it)."""
     body = b'{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[]}]}'
     response = await post(gateway, body)
-    assert response.status_code == 200
-    assert response.json()["status"] == "ignored"
+    assert response.status_code == 400
+    assert response.json()["error"] == "wrong object"
     assert router.received == []
 
 

@@ -124,6 +124,9 @@ async def test_serves_then_stops_cleanly_on_sigterm(
     assert all(line["service"] == "gateway" for line in lines)
     messages = [line["msg"] for line in lines]
     assert "gateway starting" in messages and "gateway stopped" in messages
+    starting = next(line for line in lines if line["msg"] == "gateway starting")
+    assert starting["header_timeout_s"] == 10.0 and starting["body_timeout_s"] == 5.0
+    assert starting["max_concurrency"] == 128 and starting["max_items"] == 1000
     assert any(
         line["msg"] == "webhook signature rejected" and line["reason"] == "missing"
         for line in lines

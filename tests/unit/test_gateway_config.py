@@ -28,6 +28,10 @@ def test_defaults() -> None:
     assert settings.port == 8080
     assert settings.max_body_bytes == 1_048_576
     assert settings.ingest_timeout_s == 4.0
+    assert settings.header_timeout_s == 10.0
+    assert settings.body_timeout_s == 5.0
+    assert settings.max_concurrency == 128
+    assert settings.max_items == 1000
     assert settings.router_addr == "127.0.0.1:50051"
     assert settings.log_level == "INFO"
 
@@ -40,6 +44,10 @@ def test_every_setting() -> None:
             GATEWAY_PORT="9090",
             GATEWAY_MAX_BODY_BYTES="2048",
             GATEWAY_INGEST_TIMEOUT_S="2.5",
+            GATEWAY_HEADER_TIMEOUT_S="0.5",
+            GATEWAY_BODY_TIMEOUT_S="5",
+            GATEWAY_MAX_CONCURRENCY="16",
+            GATEWAY_MAX_ITEMS="200",
             ROUTER_ADDR="dns:///router.pagewire.svc:50051",
             LOG_LEVEL="debug",
         )
@@ -48,6 +56,8 @@ def test_every_setting() -> None:
     assert (settings.host, settings.port) == ("0.0.0.0", 9090)
     assert settings.max_body_bytes == 2048
     assert settings.ingest_timeout_s == 2.5
+    assert (settings.header_timeout_s, settings.body_timeout_s) == (0.5, 5.0)
+    assert (settings.max_concurrency, settings.max_items) == (16, 200)
     assert settings.router_addr == "dns:///router.pagewire.svc:50051"
     assert settings.log_level == "DEBUG"
 
@@ -97,6 +107,19 @@ def test_placeholder_secret_refused() -> None:
         ("GATEWAY_INGEST_TIMEOUT_S", "0", "PAGEWIRE_GATEWAY_INGEST_TIMEOUT_S"),
         ("GATEWAY_INGEST_TIMEOUT_S", "5", "PAGEWIRE_GATEWAY_INGEST_TIMEOUT_S"),
         ("GATEWAY_INGEST_TIMEOUT_S", "soon", "PAGEWIRE_GATEWAY_INGEST_TIMEOUT_S"),
+        ("GATEWAY_INGEST_TIMEOUT_S", "nan", "PAGEWIRE_GATEWAY_INGEST_TIMEOUT_S"),
+        ("GATEWAY_HEADER_TIMEOUT_S", "0", "PAGEWIRE_GATEWAY_HEADER_TIMEOUT_S"),
+        ("GATEWAY_HEADER_TIMEOUT_S", "-1", "PAGEWIRE_GATEWAY_HEADER_TIMEOUT_S .* above 0"),
+        ("GATEWAY_HEADER_TIMEOUT_S", "nan", "PAGEWIRE_GATEWAY_HEADER_TIMEOUT_S"),
+        ("GATEWAY_HEADER_TIMEOUT_S", "inf", "PAGEWIRE_GATEWAY_HEADER_TIMEOUT_S"),
+        ("GATEWAY_HEADER_TIMEOUT_S", "ten", "PAGEWIRE_GATEWAY_HEADER_TIMEOUT_S"),
+        ("GATEWAY_BODY_TIMEOUT_S", "0", "PAGEWIRE_GATEWAY_BODY_TIMEOUT_S"),
+        ("GATEWAY_BODY_TIMEOUT_S", "5.01", "PAGEWIRE_GATEWAY_BODY_TIMEOUT_S .* at most 5"),
+        ("GATEWAY_BODY_TIMEOUT_S", "inf", "PAGEWIRE_GATEWAY_BODY_TIMEOUT_S"),
+        ("GATEWAY_MAX_CONCURRENCY", "0", "PAGEWIRE_GATEWAY_MAX_CONCURRENCY"),
+        ("GATEWAY_MAX_CONCURRENCY", "many", "PAGEWIRE_GATEWAY_MAX_CONCURRENCY"),
+        ("GATEWAY_MAX_ITEMS", "0", "PAGEWIRE_GATEWAY_MAX_ITEMS"),
+        ("GATEWAY_MAX_ITEMS", "1e3", "PAGEWIRE_GATEWAY_MAX_ITEMS"),
         ("LOG_LEVEL", "loud", "PAGEWIRE_LOG_LEVEL"),
     ],
 )

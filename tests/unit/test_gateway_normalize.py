@@ -12,7 +12,9 @@ import pytest
 
 from pagewire.proto import events_pb2
 from services.gateway.normalize import (
+    MAX_DEPTH,
     MalformedEnvelope,
+    TooManyItems,
     event_digest,
     id_str,
     item_kind,
@@ -728,9 +730,127 @@ def test_parse_envelope_refuses_hostile_nesting_but_not_deep_payloads() -> None:
     assert event.raw_json.count("[") == 40
 
 
+def test_the_depth_limit_is_exact() -> None:
+    # nested(n)'s innermost list sits at depth 6 + n (envelope, entry list, entry,
+    # messaging list, item, message, then the n lists).
+    assert MAX_DEPTH == 64
+    parse_envelope(nested(58))
+    with pytest.raises(MalformedEnvelope, match="nested deeper"):
+        parse_envelope(nested(59))
+    # A scalar one level further down counts as well.
+    parse_envelope(nested(57).replace(b"[]", b"[1]"))
+    with pytest.raises(MalformedEnvelope, match="nested deeper"):
+        parse_envelope(nested(58).replace(b"[]", b"[1]"))
+
+
 def test_parse_envelope_keeps_big_integers_exact() -> None:
     data = parse_envelope(b'{"object":"page","entry":[{"id":184719329217930000}]}')
     assert id_str(data["entry"][0]["id"]) == "184719329217930000"
+
+
+def test_parse_envelope_is_json_loads_on_every_fixture(fixtures_dir: Path) -> None:
+    for path in [*meta_files(fixtures_dir), *peer_files(fixtures_dir)]:
+        raw = path.read_bytes()
+        assert parse_envelope(raw, max_items=1000) == json.loads(raw), path.name
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b' \n\t{"object":"page","entry":[]}\r\n ',
+        b'\xef\xbb\xbf{"object":"page","entry":[]}',  # a UTF-8 BOM, as json.loads takes it
+        '{"object":"page","entry":[]}'.encode("utf-16"),
+    ],
+)
+def test_parse_envelope_takes_what_json_loads_takes(body: bytes) -> None:
+    assert parse_envelope(body) == {"object": "page", "entry": []}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"object":"page","entry":[]} x',
+        b'{"object":"page","entry":[]}{}',
+        b'{"object":"page","entry":[],}',
+        b'{"object":"page","entry":[]',
+        b'{"object" "page","entry":[]}',
+    ],
+)
+def test_parse_envelope_refuses_what_json_loads_refuses(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        json.loads(body)
+    with pytest.raises(MalformedEnvelope, match="not valid JSON"):
+        parse_envelope(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        (b'{"object":"instagram","object":"page","entry":[]}', "object"),
+        (b'{"object":"page","entry":[],"object":"page"}', "object"),
+        # An escape spells the same key: the decoded keys are compared, not the bytes.
+        (b'{"obj\\u0065ct":"instagram","object":"page","entry":[]}', "object"),
+        (b'{"object":"page","entry":[],"entry":[]}', "entry"),
+    ],
+)
+def test_parse_envelope_refuses_a_top_level_key_given_twice(body: bytes, key: str) -> None:
+    with pytest.raises(MalformedEnvelope, match=f'top-level key "{key}" appears twice'):
+        parse_envelope(body)
+
+
+def test_duplicate_keys_inside_items_are_the_decoders_business() -> None:
+    # Only the envelope's own keys decide anything here; inside an item the last one wins,
+    # as everywhere in Python, and the item is stored raw as it was read.
+    body = b'{"object":"page","entry":[{"id":"1","messaging":[{"message":{"mid":"a","mid":"b"}}]}]}'
+    assert parse_envelope(body)["entry"][0]["messaging"][0]["message"] == {"mid": "b"}
+
+
+def items_body(entries: int = 1, **lists: int) -> bytes:
+    """An envelope of `entries` entries, the first with `lists[key]` empty items per list."""
+    first = {"id": PAGE, **{key: [{}] * count for key, count in lists.items()}}
+    return json.dumps({"object": "page", "entry": [first] + [{}] * (entries - 1)}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "items"),
+    [
+        (items_body(messaging=999), 1000),
+        (items_body(messaging=1000), 1001),
+        (items_body(standby=500, messaging=499), 1000),
+        (items_body(standby=500, messaging=500), 1001),
+        (items_body(changes=1000), 1001),  # changes count although they are not events yet
+        (items_body(entries=1000), 1000),
+        (items_body(entries=1001), 1001),
+        (items_body(entries=2, messaging=999), 1001),
+    ],
+)
+def test_the_item_cap_counts_entries_and_their_items(body: bytes, items: int) -> None:
+    if items <= 1000:
+        assert parse_envelope(body, max_items=1000)["entry"]
+    else:
+        with pytest.raises(TooManyItems, match="more than 1000 items"):
+            parse_envelope(body, max_items=1000)
+    parse_envelope(body)  # without a cap nothing is counted
+
+
+def test_the_item_cap_ignores_what_is_not_an_item_list() -> None:
+    body = json.dumps(
+        {
+            "object": "page",
+            "entry": [{"id": PAGE, "messaging": {"x": [{}] * 2000}, "y": [1] * 2000}],
+        }
+    ).encode()
+    assert parse_envelope(body, max_items=10)
+
+
+def test_the_item_cap_is_checked_before_the_depth_walk() -> None:
+    # More items and hostile nesting: the cheap check answers first.
+    deep = "[" * 100 + "]" * 100
+    body = ('{"object":"page","entry":[{"messaging":[' + ",".join([deep] * 20) + "]}]}").encode()
+    with pytest.raises(TooManyItems):
+        parse_envelope(body, max_items=10)
+    with pytest.raises(MalformedEnvelope, match="nested deeper"):
+        parse_envelope(body, max_items=100)
 
 
 def test_platform_of() -> None:
@@ -738,6 +858,16 @@ def test_platform_of() -> None:
     assert platform_of({"object": "instagram"}) == IG
     assert platform_of({"object": "whatsapp_business_account"}) is None
     assert platform_of({"object": ["page"]}) is None
+
+
+def test_the_platform_passed_in_wins_over_the_body() -> None:
+    item = {"sender": {"id": "1"}, "recipient": {"id": PAGE}, "read": {"watermark": 1778163166533}}
+    body = envelope("page", entry(item))
+    [from_body] = normalize_envelope(body, received_at_ms=RECEIVED)
+    [as_instagram] = normalize_envelope(body, platform=IG, received_at_ms=RECEIVED)
+    assert (from_body.platform, as_instagram.platform) == (FB, IG)
+    assert as_instagram.id != from_body.id  # the platform is part of the digest
+    assert normalize_envelope(envelope("user", entry(item)), platform=FB)[0].platform == FB
 
 
 @pytest.mark.parametrize(
