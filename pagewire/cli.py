@@ -424,8 +424,12 @@ async def events_tail(args: argparse.Namespace) -> str:
     return ""
 
 
-def _app_secret(environ: Mapping[str, str], instagram: bool) -> bytes:
-    """The secret to sign with: the environment, else the dev secret `make run` wrote."""
+def _app_secret(environ: Mapping[str, str], instagram: bool, secret_file: str | None) -> bytes:
+    """The secret to sign with, never from argv (which shows in `ps`): `--secret-file`, else
+    the environment (the Instagram secret first for an Instagram body), else the dev secret
+    `make run` wrote."""
+    if secret_file:
+        return _read_token(secret_file, "--secret-file").encode()
     try:
         secret = env_secret(environ, "INSTAGRAM_APP_SECRET", required=False) if instagram else None
         secret = secret or env_secret(environ, "APP_SECRET", required=False)
@@ -436,7 +440,28 @@ def _app_secret(environ: Mapping[str, str], instagram: bool) -> bytes:
     dev = var_dir(environ) / "app_secret"
     if dev.exists():
         return dev.read_text(encoding="utf-8").strip().encode()
-    raise CliError("no app secret: pass --secret, set PAGEWIRE_APP_SECRET or run `make run`", 2)
+    variables = "PAGEWIRE_INSTAGRAM_APP_SECRET, " if instagram else ""
+    raise CliError(
+        f"no app secret: pass --secret-file PATH, set {variables}PAGEWIRE_APP_SECRET"
+        f" (or its _FILE variant), or run `make run`, which writes {dev}",
+        2,
+    )
+
+
+class _RefuseSecretArgument(argparse.Action):
+    """`--secret VALUE` is gone: refused without echoing the value, pointing at the file."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string} is no longer accepted: a secret on the command line shows in `ps`;"
+            " use --secret-file PATH (or - for stdin), or set PAGEWIRE_APP_SECRET"
+        )
 
 
 def webhook_send(args: argparse.Namespace) -> str:
@@ -452,7 +477,7 @@ def webhook_send(args: argparse.Namespace) -> str:
     except (ValueError, AttributeError):
         kind = None
     instagram = kind == "instagram"
-    secret = args.secret.encode() if args.secret else _app_secret(os.environ, instagram)
+    secret = _app_secret(os.environ, instagram, args.secret_file)
     base = (args.url or os.environ.get("PAGEWIRE_GATEWAY_URL") or "http://127.0.0.1:8080").rstrip(
         "/"
     )
@@ -548,7 +573,7 @@ async def tokens_audit(args: argparse.Namespace) -> str:
     rows = [
         (
             iso(e.at_ms),
-            e.caller,
+            f"{e.caller} (for {e.on_behalf_of})" if e.on_behalf_of else e.caller,
             e.action,
             events_pb2.Platform.Name(e.page.platform).lower() if e.HasField("page") else "",
             e.page.page_id if e.HasField("page") else "",
@@ -735,7 +760,14 @@ def build_parser() -> argparse.ArgumentParser:
         "sign a webhook body with the app secret and POST it to the gateway",
     )
     sub.add_argument("file")
-    sub.add_argument("--secret", help="app secret (default: PAGEWIRE_APP_SECRET or var/app_secret)")
+    sub.add_argument(
+        "--secret-file",
+        help="file holding the app secret, - for stdin (default: PAGEWIRE_APP_SECRET, for an"
+        " Instagram body PAGEWIRE_INSTAGRAM_APP_SECRET first, else var/app_secret)",
+    )
+    # Only to refuse it clearly; no abbreviation may turn `--secret VALUE` into a file name.
+    sub.add_argument("--secret", nargs="?", action=_RefuseSecretArgument, help=argparse.SUPPRESS)
+    sub.allow_abbrev = False
     sub.add_argument("--url", help="gateway base URL (default http://127.0.0.1:8080)")
 
     tokens = groups.add_parser("tokens", help="the token vault's keys and audit").add_subparsers(

@@ -1,8 +1,10 @@
 """The one gRPC server bootstrap every service and every test uses.
 
 Health (`""` and each service name), reflection, the error-mapping
-interceptor (behind the tracing one when tracing is on), a maximum connection
-age so clients rebalance onto new replicas, and a graceful stop on SIGTERM/SIGINT.
+interceptor (behind the tracing one when tracing is on), the authorization
+interceptor (pagewire.kit.authz: every call checked against the service's access
+table before its handler runs), a maximum connection age so clients rebalance
+onto new replicas, and a graceful stop on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pagewire.kit import telemetry
+from pagewire.kit.authz import AuthorizationInterceptor, Policy
+from pagewire.kit.db import unavailable_reason
 from pagewire.kit.errors import PagewireError
 
 log = logging.getLogger("pagewire.grpc")
@@ -30,16 +34,25 @@ Closer = Callable[[], Awaitable[None]]
 
 @asynccontextmanager
 async def _mapped_errors(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
-    """Domain error → its status; anything unexpected → INTERNAL with a safe message."""
+    """Domain error → its status; a database that cannot take the work now (down,
+    read-only, disk full …) → UNAVAILABLE, with one warning line and no traceback;
+    anything else unexpected → INTERNAL with a safe message."""
     try:
         yield
     except PagewireError as exc:
+        if exc.status == "UNAVAILABLE":
+            log.warning("dependency unavailable", extra={"rpc": method, "reason": str(exc)})
         await context.abort(grpc.StatusCode[exc.status], str(exc))
     except (asyncio.CancelledError, grpc.aio.AbortError):
         raise
-    except Exception:
-        log.exception("unhandled error", extra={"rpc": method})
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    except Exception as exc:
+        reason = unavailable_reason(exc)
+        if reason is None:
+            log.exception("unhandled error", extra={"rpc": method})
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        else:
+            log.warning("database unavailable", extra={"rpc": method, "reason": reason})
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"database unavailable ({reason})")
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -93,8 +106,8 @@ class GrpcService:
 
     async def stop(self, grace: float = 5.0, drain: float = 0.0) -> None:
         """NOT_SERVING first (so load balancers stop sending), drain, stop, close clients."""
-        for name in ("", *self.names):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # For good: a readiness watcher must not set SERVING again during the drain.
+        await self.health.enter_graceful_shutdown()
         if drain > 0:
             await asyncio.sleep(drain)  # the drain window itself, not a synchronisation
         await self.server.stop(grace)
@@ -111,6 +124,7 @@ async def start_server(
     *,
     names: Sequence[str],
     register: Register,
+    access: Policy,
     host: str = "127.0.0.1",
     port: int = 0,
     closers: Sequence[Closer] = (),
@@ -121,13 +135,23 @@ async def start_server(
     """Builds, binds and starts a server; port 0 picks a free port (tests).
 
     With `credentials` (pagewire.kit.tls: mutual TLS, client certificate required)
-    the port speaks TLS only; without them it is plaintext. With `health_port` a
+    the port speaks TLS only; without them it is plaintext. `access` is required:
+    every service `names` lists needs its table in it, or the server does not start
+    (tests' in-process fakes pass `Policy.open(names)`). With `health_port` a
     second, plaintext server answers grpc.health.v1 alone (the same statuses) for
     the kubelet's native gRPC probes, which cannot present a client certificate.
     """
+    unguarded = set(names) - access.services
+    if unguarded:
+        raise ValueError(f"no access table for {sorted(unguarded)}")
     server = grpc.aio.server(
-        # Tracing outermost: its span sees the status the error mapping aborts with.
-        interceptors=[*telemetry.server_interceptors(), ErrorMappingInterceptor()],
+        # Tracing outermost: its span sees the status the error mapping aborts with;
+        # authorization innermost, so its refusals are mapped like any domain error.
+        interceptors=[
+            *telemetry.server_interceptors(),
+            ErrorMappingInterceptor(),
+            AuthorizationInterceptor(access),
+        ],
         options=[
             ("grpc.max_connection_age_ms", max_connection_age_s * 1000),
             ("grpc.max_connection_age_grace_ms", 10_000),

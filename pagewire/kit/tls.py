@@ -28,8 +28,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pagewire.kit.channels import open_channel
 from pagewire.kit.settings import PREFIX, SettingsError, env_bool, env_int
 
-# Every identity `make run` and the test stack issue a certificate for.
-IDENTITIES = ("gateway", "router", "tokens", "subscriptions", "cli")
+# Every identity `make run` and the test stack issue a certificate for: the services,
+# the operators' `cli`, and `app`, the default identity of a reader and sender (a help
+# desk or bot reading conversations and replying) limited to its accounts.
+IDENTITIES = ("gateway", "router", "tokens", "subscriptions", "cli", "app")
 # Servers whose certificate must carry their name: clients verify exactly that name.
 SERVERS = ("router", "tokens", "subscriptions")
 UNAUTHENTICATED = "unauthenticated"
@@ -72,6 +74,8 @@ class GrpcSecurity:
     # PAGEWIRE_HEALTH_PORT: a plaintext port answering grpc.health.v1 only, for the
     # kubelet's gRPC probes (they cannot present a client certificate). None: no such port.
     health_port: int | None = None
+    # PAGEWIRE_INSECURE_GRPC_ALLOW_REMOTE=1: plaintext gRPC may bind beyond loopback.
+    allow_remote_insecure: bool = False
 
     @property
     def insecure(self) -> bool:
@@ -151,6 +155,7 @@ class GrpcSecurity:
         """
         values = {name: environ.get(PREFIX + name) or "" for name in _FILES}
         insecure = env_bool(environ, "INSECURE_GRPC", False)
+        allow_remote = env_bool(environ, "INSECURE_GRPC_ALLOW_REMOTE", False)
         health_port = None
         if environ.get(f"{PREFIX}HEALTH_PORT"):
             health_port = env_int(environ, "HEALTH_PORT", 0, minimum=0, maximum=65535)
@@ -159,7 +164,11 @@ class GrpcSecurity:
                 raise SettingsError(
                     f"{PREFIX}INSECURE_GRPC=1 and {PREFIX}TLS_* are both set; choose one"
                 )
-            return replace(cls.insecure_for(identity), health_port=health_port)
+            return replace(
+                cls.insecure_for(identity),
+                health_port=health_port,
+                allow_remote_insecure=allow_remote,
+            )
         if not any(values.values()) and default_dir is not None:
             ca, cert, key = default_files(default_dir, identity)
             if ca.exists() and cert.exists() and key.exists():
@@ -177,6 +186,21 @@ class GrpcSecurity:
             Path(values["TLS_KEY_FILE"]),
         )
         return replace(security, health_port=health_port)
+
+    def require_safe_bind(self, host: str) -> None:
+        """Refuses plaintext gRPC on anything but loopback unless explicitly allowed.
+
+        Without TLS no caller has an identity and every caller may call every RPC
+        (DecryptToken included), so such a port must not be reachable from the network
+        by accident: `PAGEWIRE_INSECURE_GRPC_ALLOW_REMOTE=1` says it is on purpose.
+        """
+        if not self.insecure or self.allow_remote_insecure or _loopback(host):
+            return
+        raise SettingsError(
+            f"{PREFIX}INSECURE_GRPC=1 with {PREFIX}GRPC_HOST={host}: plaintext gRPC lets every"
+            " caller call every RPC, so it only binds to loopback (127.0.0.1); set"
+            f" {PREFIX}INSECURE_GRPC_ALLOW_REMOTE=1 to expose it anyway"
+        )
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         """Credentials that require and verify a client certificate; None when insecure."""
@@ -208,7 +232,7 @@ class GrpcSecurity:
         if self.insecure:
             logger.warning(
                 f"{PREFIX}INSECURE_GRPC=1: gRPC without TLS — no encryption and no caller"
-                " identity; every caller is unauthenticated. For debugging only."
+                " identity; every caller may call every RPC. For debugging only."
             )
             return
         expires = self.not_after
@@ -217,6 +241,15 @@ class GrpcSecurity:
             logger.warning("TLS certificate expires soon", extra=extra)
         else:
             logger.info("mutual TLS", extra=extra)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _read(path: Path, variable: str) -> bytes:

@@ -97,9 +97,14 @@ class TokensClient:
             raise domain_error(exc) from None
         return response.key_id
 
-    async def decrypt(self, platform: str, page_id: str) -> tuple[Secret, str]:
-        """The page's token (masked in repr) and its status name."""
-        request = tokens_pb2.DecryptTokenRequest(page=self._page(platform, page_id))
+    async def decrypt(
+        self, platform: str, page_id: str, on_behalf_of: str = ""
+    ) -> tuple[Secret, str]:
+        """The page's token (masked in repr) and its status name; `on_behalf_of` names, in
+        the vault's audit, the identity whose call this decrypt serves."""
+        request = tokens_pb2.DecryptTokenRequest(
+            page=self._page(platform, page_id), on_behalf_of=on_behalf_of
+        )
         try:
             response = await self._stub.DecryptToken(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
@@ -219,8 +224,11 @@ class TokenCache:
         """The wrapped client's status call, untouched (it never carries the token)."""
         return await self._inner.status(platform, page_id)  # type: ignore[attr-defined]
 
-    async def decrypt(self, platform: str, page_id: str) -> tuple[Secret, str]:
-        """The page's token and status, from memory when fresh."""
+    async def decrypt(
+        self, platform: str, page_id: str, on_behalf_of: str = ""
+    ) -> tuple[Secret, str]:
+        """The page's token and status, from memory when fresh (a cache hit decrypts
+        nothing, so the audit then has no record for `on_behalf_of`)."""
         key = (platform, page_id)
         cached = self._entries.get(key)
         if cached is not None:
@@ -236,12 +244,13 @@ class TokenCache:
                 task = asyncio.current_task()
                 if not pending.cancelled() or (task is not None and task.cancelling()):
                     raise
-                return await self._inner.decrypt(platform, page_id)  # the first caller gave up
+                # The first caller gave up.
+                return await self._inner.decrypt(platform, page_id, on_behalf_of)
         future: asyncio.Future[tuple[Secret, str]] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         generation = self._generation.get(key, 0)
         try:
-            result = await self._inner.decrypt(platform, page_id)
+            result = await self._inner.decrypt(platform, page_id, on_behalf_of)
         except asyncio.CancelledError:
             future.cancel()
             raise

@@ -7,6 +7,7 @@ import logging
 from pagewire.graph.client import GraphClient
 from pagewire.graph.config import GraphSettings
 from pagewire.kit import telemetry
+from pagewire.kit.authz import Policy
 from pagewire.kit.db import create_engine, sessions
 from pagewire.kit.grpcserver import serve_until_signal, start_server
 from pagewire.kit.logs import setup_logging
@@ -16,12 +17,14 @@ from pagewire.kit.settings import current_environ
 from pagewire.kit.tls import GrpcSecurity
 from pagewire.kit.tokens_client import TokenCache, TokensClient, cache_ttl_from_env
 from pagewire.proto import router_pb2_grpc, subscriptions_pb2_grpc
+from services.router.access import ROUTER_ACCESS, access_settings
 from services.router.config import RouterSettings
 from services.router.fencing import Fences
 from services.router.history import History
 from services.router.mutex import ConversationLocks, LocalLocks, RedisLocks, redis_client
 from services.router.pages import PageDirectory
 from services.router.profiles import ProfileFetcher
+from services.router.readiness import router_watcher
 from services.router.routing import Router
 from services.router.send import Sender
 from services.router.server import SERVICE_NAME, RouterServiceServicer
@@ -33,7 +36,7 @@ def build_locks(settings: RouterSettings) -> ConversationLocks:
     """Redis locks when a Redis URL is set; otherwise in-process, and said so."""
     if settings.redis_url:
         return RedisLocks(
-            redis_client(settings.redis_url),
+            redis_client(settings.redis_url, settings.redis_timeout_s),
             settings.redis_prefix,
             settings.lock_ttl_ms,
             settings.lock_wait_ms,
@@ -48,11 +51,14 @@ def build_locks(settings: RouterSettings) -> ConversationLocks:
 async def main() -> None:
     settings = RouterSettings.from_env(current_environ())
     security = GrpcSecurity.from_env(current_environ(), "router")
+    security.require_safe_bind(settings.host)
+    access = access_settings(current_environ())
     scrape_port = metrics_port(current_environ())
     setup_logging("router", settings.log_level)
     # Before any channel, engine or client is built: they are instrumented as they are made.
     tracing = telemetry.setup("router", current_environ())
     security.announce(log)
+    log.info("authorization", extra=access.describe())
     engine = create_engine(settings.database_url, "router", pool_size=settings.db_pool_size)
     session_factory = sessions(engine)
     locks = build_locks(settings)
@@ -88,7 +94,9 @@ async def main() -> None:
         app_id=graph.settings.app_id,
         notifier=router.notifier,
     )
-    servicer = RouterServiceServicer(router, History(session_factory), session_factory, sender)
+    servicer = RouterServiceServicer(
+        router, History(session_factory), session_factory, sender, pages=pages
+    )
 
     async def close_channel() -> None:
         if profiles is not None:
@@ -106,12 +114,17 @@ async def main() -> None:
         register=lambda server: router_pb2_grpc.add_RouterServiceServicer_to_server(
             servicer, server
         ),
+        access=Policy.build([ROUTER_ACCESS], access, allow_unauthenticated=security.insecure),
         host=settings.host,
         port=settings.port,
         closers=closers,
         credentials=security.server_credentials(),
         health_port=security.health_port,
     )
+    # Readiness follows PostgreSQL and Redis; stopped first among the closers.
+    watcher = router_watcher(service.health, SERVICE_NAME, settings, locks)
+    service.closers.append(watcher.stop)
+    watcher.start()
     await serve_until_signal(service, drain=settings.drain_s, grace=settings.grace_s)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pagewire.kit.errors import InvalidArgument, NotFound
+from pagewire.kit.principal import SYSTEM, Principal
 from pagewire.proto import events_pb2
 from services.router.store import (
     Contact,
@@ -92,17 +93,52 @@ async def message_views(session: AsyncSession, rows: Sequence[Message]) -> list[
     return views
 
 
+def _allowed_conversations(principal: Principal):  # type: ignore[no-untyped-def]
+    """Ids of the conversations of the principal's accounts (a subquery), or None: all."""
+    if principal.accounts is None:
+        return None
+    return select(Conversation.id).where(Conversation.account_id.in_(sorted(principal.accounts)))
+
+
 class History:
-    """Read-only queries over the router's tables."""
+    """Read-only queries over the router's tables, limited to the principal's accounts.
+
+    A conversation of another account is PERMISSION_DENIED (never an empty list); a
+    page's rows are filtered to the principal's accounts as well, after the caller
+    checked that the page itself is theirs.
+    """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
+    async def _conversation_of(
+        self, session: AsyncSession, conversation_id: str, principal: Principal
+    ) -> int:
+        """The conversation's id once it exists and the principal may read it."""
+        try:
+            wanted = int(conversation_id)
+        except ValueError:
+            raise InvalidArgument("conversation_id", "must be a conversation id") from None
+        found = await session.get(Conversation, wanted)
+        if found is None:
+            raise NotFound(f"conversation {conversation_id} not found")
+        principal.require(found.account_id)
+        return wanted
+
     async def conversations(
-        self, *, account_id: str, page_id: str, platform: int, page_size: int, page_token: str
+        self,
+        *,
+        account_id: str,
+        page_id: str,
+        platform: int,
+        page_size: int,
+        page_token: str,
+        principal: Principal = SYSTEM,
     ) -> tuple[Sequence[tuple[Conversation, Contact]], str]:
         if not account_id and not page_id:
             raise InvalidArgument("account_id", "give account_id or page_id")
+        if account_id:
+            principal.require(account_id)
         limit, offset = _page(page_size, page_token)
         query = (
             select(Conversation, Contact)
@@ -113,6 +149,8 @@ class History:
             query = query.where(Conversation.account_id == account_id)
         if page_id:
             query = query.where(Conversation.page_id == page_id)
+        if principal.accounts is not None:
+            query = query.where(Conversation.account_id.in_(sorted(principal.accounts)))
         query = query.order_by(Conversation.last_event_ms.desc(), Conversation.id.desc())
         async with self._sessions() as session:
             rows = [tuple(r) for r in (await session.execute(query.limit(limit).offset(offset)))]
@@ -127,30 +165,29 @@ class History:
         platform: int,
         page_size: int,
         page_token: str,
+        principal: Principal = SYSTEM,
     ) -> tuple[Sequence[MessageView], str]:
         limit, offset = _page(page_size, page_token)
-        query = select(Message)
-        if conversation_id:
-            try:
-                wanted = int(conversation_id)
-            except ValueError:
-                raise InvalidArgument("conversation_id", "must be a conversation id") from None
-            query = query.where(Message.conversation_id == wanted)
-        elif page_id:
-            inner = select(Conversation.id).where(
-                Conversation.page_id == page_id, _platform_filter(Conversation.platform, platform)
-            )
-            if user_id:
-                inner = inner.where(Conversation.user_id == user_id)
-            query = query.where(Message.conversation_id.in_(inner))
-        else:
+        if not conversation_id and not page_id:
             raise InvalidArgument("conversation_id", "give conversation_id or page_id")
-        # Meta's timestamp orders; the mid breaks ties, so the order is the same whatever
-        # order the webhooks arrived in.
-        query = query.order_by(Message.timestamp_ms, Message.mid)
         async with self._sessions() as session:
-            if conversation_id and not await session.get(Conversation, int(conversation_id)):
-                raise NotFound(f"conversation {conversation_id} not found")
+            query = select(Message)
+            if conversation_id:
+                wanted = await self._conversation_of(session, conversation_id, principal)
+                query = query.where(Message.conversation_id == wanted)
+            else:
+                inner = select(Conversation.id).where(
+                    Conversation.page_id == page_id,
+                    _platform_filter(Conversation.platform, platform),
+                )
+                if user_id:
+                    inner = inner.where(Conversation.user_id == user_id)
+                if principal.accounts is not None:
+                    inner = inner.where(Conversation.account_id.in_(sorted(principal.accounts)))
+                query = query.where(Message.conversation_id.in_(inner))
+            # Meta's timestamp orders; the mid breaks ties, so the order is the same
+            # whatever order the webhooks arrived in.
+            query = query.order_by(Message.timestamp_ms, Message.mid)
             rows = (await session.execute(query.limit(limit).offset(offset))).scalars().all()
             views = await message_views(session, rows)
         return views, _next_token(offset, limit, len(rows))
@@ -165,26 +202,31 @@ class History:
         kinds: Sequence[str],
         page_size: int,
         page_token: str,
+        principal: Principal = SYSTEM,
     ) -> tuple[Sequence[EventLog], str]:
         limit, offset = _page(page_size, page_token)
-        query = select(EventLog)
-        if conversation_id:
-            try:
-                query = query.where(EventLog.conversation_id == int(conversation_id))
-            except ValueError:
-                raise InvalidArgument("conversation_id", "must be a conversation id") from None
-        elif page_id:
-            query = query.where(
-                EventLog.page_id == page_id, _platform_filter(EventLog.platform, platform)
-            )
-            if user_id:
-                query = query.where(EventLog.user_id == user_id)
-        else:
+        if not conversation_id and not page_id:
             raise InvalidArgument("conversation_id", "give conversation_id or page_id")
-        if kinds:
-            query = query.where(EventLog.kind.in_(list(kinds)))
-        query = query.order_by(EventLog.timestamp_ms, EventLog.event_id)
         async with self._sessions() as session:
+            query = select(EventLog)
+            if conversation_id:
+                wanted = await self._conversation_of(session, conversation_id, principal)
+                query = query.where(EventLog.conversation_id == wanted)
+            else:
+                query = query.where(
+                    EventLog.page_id == page_id, _platform_filter(EventLog.platform, platform)
+                )
+                if user_id:
+                    query = query.where(EventLog.user_id == user_id)
+                allowed = _allowed_conversations(principal)
+                if allowed is not None:
+                    # The page's own events (no conversation) came with the page check.
+                    query = query.where(
+                        EventLog.conversation_id.is_(None) | EventLog.conversation_id.in_(allowed)
+                    )
+            if kinds:
+                query = query.where(EventLog.kind.in_(list(kinds)))
+            query = query.order_by(EventLog.timestamp_ms, EventLog.event_id)
             rows = (await session.execute(query.limit(limit).offset(offset))).scalars().all()
         return rows, _next_token(offset, limit, len(rows))
 

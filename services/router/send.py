@@ -33,6 +33,7 @@ from pagewire.kit.errors import (
     PagewireError,
     Unavailable,
 )
+from pagewire.kit.principal import SYSTEM, Principal
 from pagewire.kit.settings import Secret
 from pagewire.kit.timeutil import now_ms
 from pagewire.proto import events_pb2, router_pb2
@@ -62,7 +63,9 @@ class PageLookup(Protocol):
 
 
 class TokenSource(Protocol):
-    async def decrypt(self, platform: str, page_id: str) -> tuple[Secret, str]: ...
+    async def decrypt(
+        self, platform: str, page_id: str, on_behalf_of: str = ""
+    ) -> tuple[Secret, str]: ...
 
     async def mark_invalid(
         self, platform: str, page_id: str, reason: str, code: int, subcode: int
@@ -208,15 +211,22 @@ class Sender:
             raise NotFound("no such conversation (a person must write to the page first)")
         return found
 
-    async def send(self, request: router_pb2.SendMessageRequest) -> SendResult:
+    async def send(
+        self, request: router_pb2.SendMessageRequest, principal: Principal = SYSTEM
+    ) -> SendResult:
+        """Sends as the Page for `principal`, which must reach the conversation's account
+        and the page's; the send and its messages record who asked."""
         validate(request)
         conv = await self._conversation(
             request.conversation_id, request.platform, request.page_id, request.user_id
         )
+        principal.require(conv.account_id)
         platform = conv.platform
         page = await self._pages.page(events_pb2.Platform.Value(platform), conv.page_id)
         if page is None:
             raise FailedPrecondition(f"page {conv.page_id} is not connected")
+        # A page moved to another account since the conversation began: its owner now.
+        principal.require(page.account_id)
         key = request.idempotency_key
         marker = request.metadata or f"pagewire:{key}"
         digest = _request_hash(request)
@@ -227,11 +237,13 @@ class Sender:
                 if earlier is not None:
                     return earlier
                 messaging_type, tag = await self._window(conv, request, page.human_agent)
-                await self._record_pending(conv, key, digest, messaging_type, tag)
+                await self._record_pending(
+                    conv, key, digest, messaging_type, tag, principal.identity
+                )
             except DB_UNAVAILABLE as exc:
                 raise unavailable(exc) from None
             try:
-                token, _ = await self._tokens.decrypt(platform, conv.page_id)
+                token, _ = await self._tokens.decrypt(platform, conv.page_id, principal.identity)
             except PagewireError:
                 # Nothing reached Graph: forget the intent so a retry can send.
                 await self._forget_pending(conv, key)
@@ -254,7 +266,7 @@ class Sender:
                 )
             if error is not None:
                 self._fail(result, error)
-            await self._record_outcome(conv, request, key, result, parts)
+            await self._record_outcome(conv, request, key, result, parts, principal.identity)
         if error is not None:
             await self._raise_for(error, platform, conv.page_id)
         return result
@@ -393,7 +405,13 @@ class Sender:
             )
 
     async def _record_pending(
-        self, conv: Conversation, key: str, digest: str, messaging_type: str, tag: str
+        self,
+        conv: Conversation,
+        key: str,
+        digest: str,
+        messaging_type: str,
+        tag: str,
+        sent_by: str,
     ) -> None:
         now = self._clock()
         async with self._sessions() as session, session.begin():
@@ -411,6 +429,7 @@ class Sender:
                     error_code=0,
                     error_subcode=0,
                     error_message="",
+                    sent_by=sent_by,
                     created_at_ms=now,
                     updated_at_ms=now,
                 )
@@ -436,6 +455,7 @@ class Sender:
         key: str,
         result: SendResult,
         parts: Sequence[dict[str, Any]],
+        sent_by: str,
     ) -> None:
         """Every accepted part as an outgoing message (its mid is how the echo is matched),
         a failed part as a FAILED message carrying Graph's error, and the send's state."""
@@ -494,6 +514,7 @@ class Sender:
                         reply_to_story_url="",
                         referral_json="",
                         idempotency_key=key,
+                        sent_by=sent_by,
                         **row,
                     )
                     .returning(Message.id)
@@ -534,14 +555,20 @@ class Sender:
                 },
             )
 
-    async def action(self, request: router_pb2.SendActionRequest) -> None:
+    async def action(
+        self, request: router_pb2.SendActionRequest, principal: Principal = SYSTEM
+    ) -> None:
         """typing_on / typing_off / mark_seen; nothing is stored."""
         if request.action not in SENDER_ACTIONS:
             raise InvalidArgument("action", "typing_on, typing_off or mark_seen")
         conv = await self._conversation(
             request.conversation_id, request.platform, request.page_id, request.user_id
         )
-        token, _ = await self._tokens.decrypt(conv.platform, conv.page_id)
+        principal.require(conv.account_id)
+        page = await self._pages.page(events_pb2.Platform.Value(conv.platform), conv.page_id)
+        if page is not None:
+            principal.require(page.account_id)
+        token, _ = await self._tokens.decrypt(conv.platform, conv.page_id, principal.identity)
         try:
             await self._graph.request(
                 "POST",

@@ -9,16 +9,19 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from pagewire.kit import telemetry
 from pagewire.kit.errors import FailedPrecondition, InvalidArgument, PagewireError
+from pagewire.kit.principal import current
 from pagewire.kit.validate import platform_and_page
 from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc
 from services.router import metrics
+from services.router.access import SERVICE_NAME, PageOwners
 from services.router.feed import changes_after
 from services.router.history import History, MessageView, message_views
+from services.router.pages import PageDirectory
 from services.router.routing import Router
 from services.router.send import Sender
 from services.router.store import Contact, Conversation, EventLog, Message
 
-SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+__all__ = ["SERVICE_NAME", "RouterServiceServicer"]
 
 
 def _conversation(row: Conversation, contact: Contact | None = None) -> router_pb2.Conversation:
@@ -103,11 +106,13 @@ def _message(view: MessageView) -> router_pb2.Message:
         error_subcode=row.error_subcode,
         error_message=row.error_message,
         idempotency_key=row.idempotency_key,
+        sent_by=row.sent_by,
     )
 
 
 class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
-    """Ingest, listing and parked-event routing over gRPC."""
+    """Ingest, listing and parked-event routing over gRPC; who may call what is
+    ROUTER_ACCESS (services/router/access.py), and readers see only their accounts."""
 
     def __init__(
         self,
@@ -115,11 +120,19 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         history: History,
         sessions: async_sessionmaker,
         sender: Sender | None = None,
+        *,
+        pages: PageDirectory,
     ) -> None:
         self._router = router
         self._history = history
         self._sessions = sessions
         self._sender = sender
+        self._owners = PageOwners(pages)
+
+    async def _require_page(self, platform: int, page_id: str) -> None:
+        """A page-wide read: the page must belong to one of the caller's accounts."""
+        if page_id:
+            await self._owners.require(current(), platform, page_id)
 
     async def Ingest(
         self, request: router_pb2.IngestRequest, context: grpc.aio.ServicerContext
@@ -132,12 +145,14 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     async def ListConversations(
         self, request: router_pb2.ListConversationsRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ListConversationsResponse:
+        await self._require_page(request.platform, request.page_id)
         rows, token = await self._history.conversations(
             account_id=request.account_id,
             page_id=request.page_id,
             platform=request.platform,
             page_size=request.page_size,
             page_token=request.page_token,
+            principal=current(),
         )
         return router_pb2.ListConversationsResponse(
             conversations=[_conversation(c, contact) for c, contact in rows],
@@ -147,6 +162,8 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     async def ListMessages(
         self, request: router_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ListMessagesResponse:
+        if not request.conversation_id:
+            await self._require_page(request.platform, request.page_id)
         rows, token = await self._history.messages(
             conversation_id=request.conversation_id,
             page_id=request.page_id,
@@ -154,6 +171,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             platform=request.platform,
             page_size=request.page_size,
             page_token=request.page_token,
+            principal=current(),
         )
         return router_pb2.ListMessagesResponse(
             messages=[_message(r) for r in rows], next_page_token=token
@@ -183,7 +201,10 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     async def ListEvents(
         self, request: router_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ListEventsResponse:
+        if not request.conversation_id:
+            await self._require_page(request.platform, request.page_id)
         rows, token = await self._history.events(
+            principal=current(),
             conversation_id=request.conversation_id,
             page_id=request.page_id,
             user_id=request.user_id,
@@ -203,6 +224,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument("account_id", "is required")
         if request.after_cursor < 0:
             raise InvalidArgument("after_cursor", "must be 0 or a cursor from this feed")
+        current().require(request.account_id)
         async for change in changes_after(
             self._sessions, request.account_id, request.after_cursor, self._router.notifier
         ):
@@ -239,7 +261,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         if self._sender is None:
             raise FailedPrecondition("sending is not configured on this router")
         try:
-            result = await self._sender.send(request)
+            result = await self._sender.send(request, current())
         except PagewireError as exc:
             metrics.SENDS.labels(exc.status.lower()).inc()
             raise
@@ -266,5 +288,5 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.SendActionResponse:
         if self._sender is None:
             raise FailedPrecondition("sending is not configured on this router")
-        await self._sender.action(request)
+        await self._sender.action(request, current())
         return router_pb2.SendActionResponse()

@@ -119,6 +119,8 @@ class Message(Base):
     error_subcode: Mapped[int] = mapped_column(Integer, default=0)
     error_message: Mapped[str] = mapped_column(Text, default="")
     idempotency_key: Mapped[str] = mapped_column(String(128), default="")
+    # The certificate identity whose SendMessage produced this outgoing message.
+    sent_by: Mapped[str] = mapped_column(String(128), default="")
 
 
 class OutboundSend(Base):
@@ -143,6 +145,8 @@ class OutboundSend(Base):
     error_code: Mapped[int] = mapped_column(Integer, default=0)
     error_subcode: Mapped[int] = mapped_column(Integer, default=0)
     error_message: Mapped[str] = mapped_column(Text, default="")
+    # The certificate identity that asked for the send.
+    sent_by: Mapped[str] = mapped_column(String(128), default="")
     created_at_ms: Mapped[int] = mapped_column(BigInteger)
     updated_at_ms: Mapped[int] = mapped_column(BigInteger)
 

@@ -8,6 +8,7 @@ import logging
 
 from pagewire.graph import GraphClient, PagesApi
 from pagewire.kit import telemetry
+from pagewire.kit.authz import Policy
 from pagewire.kit.db import create_engine, sessions
 from pagewire.kit.grpcserver import serve_until_signal, start_server
 from pagewire.kit.logs import setup_logging
@@ -16,6 +17,7 @@ from pagewire.kit.runner import run
 from pagewire.kit.settings import current_environ
 from pagewire.kit.tls import GrpcSecurity
 from pagewire.kit.tokens_client import TokenCache, cache_ttl_from_env
+from services.subscriptions.access import SUBSCRIPTIONS_ACCESS, access_settings
 from services.subscriptions.clients import RouterClient, TokensClient
 from services.subscriptions.config import SubscriptionsSettings
 from services.subscriptions.connections import Connections
@@ -32,10 +34,13 @@ METRICS_REFRESH_S = 30.0
 async def main() -> None:
     settings = SubscriptionsSettings.from_env(current_environ())
     security = GrpcSecurity.from_env(current_environ(), "subscriptions")
+    security.require_safe_bind(settings.host)
+    access = access_settings(current_environ())
     scrape_port = metrics_port(current_environ())
     setup_logging("subscriptions", settings.log_level)
     tracing = telemetry.setup("subscriptions", current_environ())
     security.announce(log)
+    log.info("authorization", extra=access.describe())
     engine = create_engine(settings.database_url, "subscriptions")
     tokens_channel = security.channel(settings.tokens_target, "tokens")
     router_channel = security.channel(settings.router_target, "router")
@@ -102,6 +107,9 @@ async def main() -> None:
     service = await start_server(
         names=[SERVICE_NAME],
         register=register(SubscriptionsServiceServicer(connections, reconciler, details)),
+        access=Policy.build(
+            [SUBSCRIPTIONS_ACCESS], access, allow_unauthenticated=security.insecure
+        ),
         host=settings.host,
         port=settings.port,
         closers=closers,

@@ -24,6 +24,7 @@ from pagewire.kit.errors import (
     PagewireError,
     Unavailable,
 )
+from pagewire.kit.principal import SYSTEM, Principal
 from pagewire.kit.settings import Secret
 from pagewire.kit.timeutil import now_ms
 from services.subscriptions import store
@@ -265,6 +266,7 @@ class Connections:
         connect_all: bool,
         move: bool,
         fields: Sequence[str],
+        principal: Principal = SYSTEM,
     ) -> Imported:
         """Lists the user's Pages (`/me/accounts`) and connects the chosen ones.
 
@@ -289,6 +291,17 @@ class Connections:
                 )
         chosen = [by_id[p] for p in dict.fromkeys(page_ids)] if not connect_all else available
         owners = await self._owners([page.page_id for page in available])
+        foreign = [
+            p.page_id
+            for p in chosen
+            if p.page_id in owners and not principal.may(owners[p.page_id])
+        ]
+        if foreign:
+            # Moving a page away from an account needs that account too; which account
+            # holds it is not the caller's to learn.
+            raise principal.deny_page(foreign[0])
+        # Owners the caller may not see are not shown to it either.
+        owners = {p: a for p, a in owners.items() if principal.may(a)}
         if not move:
             taken = [p.page_id for p in chosen if owners.get(p.page_id, account_id) != account_id]
             if taken:
@@ -333,6 +346,10 @@ class Connections:
             raise unavailable(exc) from None
         wanted = set(page_ids)
         return {p.page_id: p.account_id for p in pages if p.page_id in wanted}
+
+    async def find(self, platform: str, page_id: str) -> PageConnection | None:
+        """The page's connection, or None when it is not connected."""
+        return await self._get(platform, page_id)
 
     async def get(self, platform: str, page_id: str) -> PageConnection:
         page = await self._get(platform, page_id)

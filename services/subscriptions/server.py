@@ -9,16 +9,18 @@ import grpc
 
 from pagewire.kit import telemetry
 from pagewire.kit.errors import InvalidArgument, NotFound
+from pagewire.kit.principal import current
 from pagewire.kit.settings import Secret
 from pagewire.kit.validate import page_token, platform_and_page
 from pagewire.proto import events_pb2, subscriptions_pb2, subscriptions_pb2_grpc
+from services.subscriptions.access import SERVICE_NAME, require_page
 from services.subscriptions.config import FIELD_NAME
 from services.subscriptions.connections import Connections
 from services.subscriptions.details import Details, DetailsReader
 from services.subscriptions.reconcile import Check, Reconciler
 from services.subscriptions.store import PageConnection
 
-SERVICE_NAME = subscriptions_pb2.DESCRIPTOR.services_by_name["SubscriptionsService"].full_name
+__all__ = ["SERVICE_NAME", "SubscriptionsServiceServicer", "register"]
 
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _PAGE_ID = re.compile(r"[0-9]{1,32}")
@@ -137,7 +139,8 @@ def check_to_proto(check: Check) -> subscriptions_pb2.PageCheck:
 
 
 class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceServicer):
-    """Every RPC of pagewire.subscriptions.v1.SubscriptionsService."""
+    """Every RPC of pagewire.subscriptions.v1.SubscriptionsService; who may call what is
+    SUBSCRIPTIONS_ACCESS (services/subscriptions/access.py), each for its accounts."""
 
     def __init__(
         self, connections: Connections, reconciler: Reconciler, details: DetailsReader
@@ -159,6 +162,12 @@ class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceSe
         fields = fields_of(list(request.subscribed_fields))
         if request.token_expires_at_ms < 0:
             raise InvalidArgument("token_expires_at_ms", "must be 0 (unknown) or a time in ms")
+        principal = current()
+        principal.require(account_id)
+        existing = await self._connections.find(platform, page_id)
+        if existing is not None and existing.account_id != account_id:
+            # Moving (or being told the page is taken) needs the current owner too.
+            await require_page(principal, self._connections, platform, page_id)
         result = await self._connections.connect(
             platform,
             page_id,
@@ -175,6 +184,7 @@ class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceSe
 
     async def DisconnectPage(self, request, context):  # type: ignore[no-untyped-def]
         platform, page_id = page_of(request.platform, request.page_id)
+        await require_page(current(), self._connections, platform, page_id)
         result = await self._connections.disconnect(platform, page_id, purge=request.purge)
         purged = result.purged or {}
         return subscriptions_pb2.DisconnectPageResponse(
@@ -189,12 +199,17 @@ class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceSe
 
     async def GetPage(self, request, context):  # type: ignore[no-untyped-def]
         platform, page_id = page_of(request.platform, request.page_id)
+        await require_page(current(), self._connections, platform, page_id)
         page = await self._connections.get(platform, page_id)
         (shown,) = await self._pages([page], request.with_details)
         return subscriptions_pb2.GetPageResponse(page=shown)
 
     async def ListPages(self, request, context):  # type: ignore[no-untyped-def]
         account_id = account_of(request.account_id, required=False)
+        if account_id:
+            current().require(account_id)
+        else:
+            current().require_every_account("every account's pages (give account_id)")
         pages = await self._connections.list_pages(account_id)
         return subscriptions_pb2.ListPagesResponse(
             pages=await self._pages(pages, request.with_details)
@@ -207,6 +222,7 @@ class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceSe
         if request.all and page_ids:
             raise InvalidArgument("page_ids", "give page ids or all, not both")
         fields = fields_of(list(request.subscribed_fields))
+        current().require(account_id)
         result = await self._connections.import_pages(
             user_token,
             account_id,
@@ -214,6 +230,7 @@ class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceSe
             connect_all=request.all,
             move=request.move,
             fields=fields,
+            principal=current(),
         )
         return subscriptions_pb2.ImportPagesResponse(
             available=[
@@ -237,6 +254,12 @@ class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceSe
         elif request.platform:
             platform, _ = platform_and_page(request.platform, "0")
         account_id = account_of(request.account_id, required=False)
+        if page_id:
+            await require_page(current(), self._connections, platform, page_id)
+        elif account_id:
+            current().require(account_id)
+        else:
+            current().require_every_account("every page (give account_id or page_id)")
         checks = await self._reconciler.run(
             platform=platform, page_id=page_id, account_id=account_id
         )
@@ -257,6 +280,7 @@ class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceSe
 
     async def Resubscribe(self, request, context):  # type: ignore[no-untyped-def]
         platform, page_id = page_of(request.platform, request.page_id)
+        await require_page(current(), self._connections, platform, page_id)
         page = await self._connections.resubscribe(platform, page_id)
         return subscriptions_pb2.ResubscribeResponse(page=to_proto(page))
 

@@ -66,6 +66,7 @@ async def main() -> None:
     environ = current_environ()
     settings = TokensSettings.from_env(environ)
     security = GrpcSecurity.from_env(environ, "tokens")
+    security.require_safe_bind(settings.host)
     scrape_port = metrics_port(environ)
     setup_logging("tokens", settings.log_level)
     tracing = telemetry.setup("tokens", environ)
@@ -100,9 +101,11 @@ async def main() -> None:
     if scrape_port:
         closers.append(await serve_metrics(settings.host, scrape_port))
         closers.append(refreshing(lambda: refresh_tokens(session_factory), METRICS_REFRESH_S))
+    servicer = TokensServiceServicer(vault, access)
     service = await start_server(
         names=[SERVICE_NAME],
-        register=register(TokensServiceServicer(vault, access)),
+        register=register(servicer),
+        access=servicer.policy(),
         host=settings.host,
         port=settings.port,
         closers=closers,

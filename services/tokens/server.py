@@ -8,19 +8,20 @@ from collections.abc import Callable
 import grpc
 
 from pagewire.kit import telemetry
-from pagewire.kit.errors import InvalidArgument, PagewireError, PermissionDenied
+from pagewire.kit.authz import Policy
+from pagewire.kit.errors import InvalidArgument, PagewireError
+from pagewire.kit.principal import IDENTITY, current
 from pagewire.kit.settings import Secret
-from pagewire.kit.tls import caller_of
 from pagewire.kit.validate import page_token, platform_and_page
 from pagewire.proto import events_pb2, tokens_pb2, tokens_pb2_grpc
 from services.tokens import metrics
 from services.tokens import vault as v
-from services.tokens.access import ADMIN, DECRYPT, READ, WRITE, Access
+from services.tokens.access import SERVICE_NAME, Access
 from services.tokens.keyring import KEY_ID
 from services.tokens.sealing import FORMAT_CURRENT
 from services.tokens.vault import TokenVault
 
-SERVICE_NAME = tokens_pb2.DESCRIPTOR.services_by_name["TokensService"].full_name
+__all__ = ["SERVICE_NAME", "TokensServiceServicer", "register"]
 
 log = logging.getLogger("pagewire.tokens")
 
@@ -57,6 +58,13 @@ def _audit_page(request: object) -> tuple[str, str]:
         return "", ""
 
 
+def _on_behalf_of(value: str) -> str:
+    """The identity a decrypting service acts for (audit only; empty: itself)."""
+    if value and not IDENTITY.fullmatch(value):
+        raise InvalidArgument("on_behalf_of", "must be a certificate identity (1-128 characters)")
+    return value
+
+
 def _key_id(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument(field, "is required")
@@ -65,33 +73,52 @@ def _key_id(value: str, field: str) -> str:
     return value
 
 
+# The audit log's action for each RPC, also for refusals.
+_ACTIONS = {
+    "PutToken": v.PUT,
+    "DecryptToken": v.DECRYPT,
+    "DeleteToken": v.DELETE,
+    "GetTokenStatus": "STATUS",
+    "MarkTokenInvalid": v.MARK_INVALID,
+    "RotateKeys": v.ROTATE,
+    "ListKeys": "LIST_KEYS",
+    "RemoveKey": v.REMOVE_KEY,
+    "ListAudit": "LIST_AUDIT",
+}
+
+
+def _caller() -> str:
+    """The audited name of the caller (the authorization interceptor let it in)."""
+    return current().identity
+
+
 class TokensServiceServicer(tokens_pb2_grpc.TokensServiceServicer):
-    """Every RPC of pagewire.tokens.v1.TokensService."""
+    """Every RPC of pagewire.tokens.v1.TokensService; who may call what is TOKENS_ACCESS."""
 
     def __init__(self, vault: TokenVault, access: Access | None = None) -> None:
         self._vault = vault
         self._access = access or Access()
 
-    async def _authorize(
-        self, context: grpc.aio.ServicerContext, kind: str, rpc: str, action: str, request: object
-    ) -> str:
-        """The caller's audited name; a refusal is logged, audited, and PERMISSION_DENIED."""
-        caller = caller_of(context)
-        try:
-            return self._access.check(caller, kind, rpc)
-        except PermissionDenied as exc:
-            platform, page_id = _audit_page(request)
-            log.warning(
-                "call refused",
-                extra={"caller": caller.name, "rpc": rpc, "platform": platform, "page_id": page_id},
-            )
-            await self._vault.record(
-                caller.name, action, platform, page_id, "PERMISSION_DENIED", str(exc)
-            )
-            raise
+    def policy(self) -> Policy:
+        """The server's authorization: the access table, refusals in the audit log."""
+        return self._access.policy(audit=self._refused)
+
+    async def _refused(self, caller: str, method: str, reason: str, request: object) -> None:
+        """A refused call, recorded with the page its request named."""
+        if method == "DecryptToken":
+            metrics.DECRYPT_CALLS.labels(caller, "PERMISSION_DENIED").inc()
+        platform, page_id = _audit_page(request)
+        await self._vault.record(
+            caller,
+            _ACTIONS.get(method, method.upper()),
+            platform,
+            page_id,
+            "PERMISSION_DENIED",
+            reason,
+        )
 
     async def PutToken(self, request, context):  # type: ignore[no-untyped-def]
-        caller = await self._authorize(context, WRITE, "PutToken", v.PUT, request)
+        caller = _caller()
         platform, page_id = page_of(request.page, request.HasField("page"))
         token = token_of(request.token)
         if request.expires_at_ms < 0:
@@ -102,13 +129,15 @@ class TokensServiceServicer(tokens_pb2_grpc.TokensServiceServicer):
         return tokens_pb2.PutTokenResponse(status=tokens_pb2.ACTIVE, key_id=key_id)
 
     async def DecryptToken(self, request, context):  # type: ignore[no-untyped-def]
-        caller = caller_of(context).name
+        caller = _caller()
         outcome = "INTERNAL"
         try:
-            caller = await self._authorize(context, DECRYPT, "DecryptToken", v.DECRYPT, request)
             platform, page_id = page_of(request.page, request.HasField("page"))
+            on_behalf_of = _on_behalf_of(request.on_behalf_of)
             telemetry.annotate(caller=caller)
-            decrypted = await self._vault.decrypt(platform, page_id, caller=caller)
+            decrypted = await self._vault.decrypt(
+                platform, page_id, caller=caller, on_behalf_of=on_behalf_of
+            )
             outcome = "OK"
         except PagewireError as exc:
             outcome = exc.status
@@ -121,13 +150,12 @@ class TokensServiceServicer(tokens_pb2_grpc.TokensServiceServicer):
         )
 
     async def DeleteToken(self, request, context):  # type: ignore[no-untyped-def]
-        caller = await self._authorize(context, WRITE, "DeleteToken", v.DELETE, request)
+        caller = _caller()
         platform, page_id = page_of(request.page, request.HasField("page"))
         deleted = await self._vault.delete(platform, page_id, caller=caller)
         return tokens_pb2.DeleteTokenResponse(deleted=deleted)
 
     async def GetTokenStatus(self, request, context):  # type: ignore[no-untyped-def]
-        await self._authorize(context, READ, "GetTokenStatus", "STATUS", request)
         platform, page_id = page_of(request.page, request.HasField("page"))
         info = await self._vault.status(platform, page_id)
         return tokens_pb2.GetTokenStatusResponse(
@@ -143,7 +171,7 @@ class TokensServiceServicer(tokens_pb2_grpc.TokensServiceServicer):
         )
 
     async def MarkTokenInvalid(self, request, context):  # type: ignore[no-untyped-def]
-        caller = await self._authorize(context, WRITE, "MarkTokenInvalid", v.MARK_INVALID, request)
+        caller = _caller()
         platform, page_id = page_of(request.page, request.HasField("page"))
         if len(request.reason) > MAX_REASON_CHARS:
             raise InvalidArgument("reason", f"is longer than {MAX_REASON_CHARS} characters")
@@ -162,7 +190,7 @@ class TokensServiceServicer(tokens_pb2_grpc.TokensServiceServicer):
         return tokens_pb2.MarkTokenInvalidResponse(status=tokens_pb2.REAUTH_REQUIRED)
 
     async def RotateKeys(self, request, context):  # type: ignore[no-untyped-def]
-        caller = await self._authorize(context, ADMIN, "RotateKeys", v.ROTATE, request)
+        caller = _caller()
         if request.generate_key and request.new_key_id:
             raise InvalidArgument("new_key_id", "must be empty with generate_key")
         if not request.generate_key:
@@ -188,7 +216,6 @@ class TokensServiceServicer(tokens_pb2_grpc.TokensServiceServicer):
         )
 
     async def ListKeys(self, request, context):  # type: ignore[no-untyped-def]
-        await self._authorize(context, ADMIN, "ListKeys", "LIST_KEYS", request)
         report = await self._vault.keys()
         return tokens_pb2.ListKeysResponse(
             primary_key_id=report.primary,
@@ -208,7 +235,7 @@ class TokensServiceServicer(tokens_pb2_grpc.TokensServiceServicer):
         )
 
     async def RemoveKey(self, request, context):  # type: ignore[no-untyped-def]
-        caller = await self._authorize(context, ADMIN, "RemoveKey", v.REMOVE_KEY, request)
+        caller = _caller()
         key_id = _key_id(request.key_id, "key_id")
         removal = await self._vault.remove_key(key_id, caller=caller)
         return tokens_pb2.RemoveKeyResponse(
@@ -216,7 +243,6 @@ class TokensServiceServicer(tokens_pb2_grpc.TokensServiceServicer):
         )
 
     async def ListAudit(self, request, context):  # type: ignore[no-untyped-def]
-        await self._authorize(context, ADMIN, "ListAudit", "LIST_AUDIT", request)
         platform = ""
         if request.platform != events_pb2.PLATFORM_UNSPECIFIED:
             platform, _ = platform_and_page(request.platform, "0")
@@ -249,6 +275,7 @@ class TokensServiceServicer(tokens_pb2_grpc.TokensServiceServicer):
                     ),
                     outcome=item.outcome,
                     detail=item.detail,
+                    on_behalf_of=item.on_behalf_of,
                 )
                 for item in items
             ]

@@ -102,6 +102,8 @@ class AuditRecord(Base):
     page_id: Mapped[str] = mapped_column(String(32), default="")
     outcome: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, default="")
+    # The identity a service decrypted for (the reader or sender whose call caused it).
+    on_behalf_of: Mapped[str] = mapped_column(String(128), default="")
 
 
 # --- page tokens ----------------------------------------------------------------------------
@@ -292,9 +294,11 @@ async def add_audit(
     outcome: str,
     detail: str,
     now: int,
+    on_behalf_of: str = "",
 ) -> None:
     await session.execute(
         insert(AuditRecord).values(
+            on_behalf_of=on_behalf_of[:128],
             at_ms=now,
             caller=caller[:128],
             action=action,

@@ -128,6 +128,7 @@ class AuditItem:
     page_id: str
     outcome: str
     detail: str
+    on_behalf_of: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ class TokenVault:
         platform: str = "",
         page_id: str = "",
         detail: str = "",
+        on_behalf_of: str = "",
     ) -> None:
         await store.add_audit(
             session,
@@ -186,6 +188,7 @@ class TokenVault:
             outcome=OK,
             detail=detail,
             now=now_ms(),
+            on_behalf_of=on_behalf_of,
         )
 
     async def record(
@@ -249,8 +252,11 @@ class TokenVault:
                 await self._audit(session, caller, PUT, platform, page_id, f"key {sealed.key_id}")
         return sealed.key_id
 
-    async def decrypt(self, platform: str, page_id: str, *, caller: str = INTERNAL) -> Decrypted:
-        """The token in plaintext (masked in repr); recorded before it is returned."""
+    async def decrypt(
+        self, platform: str, page_id: str, *, caller: str = INTERNAL, on_behalf_of: str = ""
+    ) -> Decrypted:
+        """The token in plaintext (masked in repr); recorded before it is returned, with the
+        identity whose call made `caller` ask for it (a sender's, for a reply)."""
         async with self._audited(caller, DECRYPT, platform, page_id):
             async with self._transaction() as session:
                 row = await store.get_token(session, platform, page_id)
@@ -260,7 +266,15 @@ class TokenVault:
                     platform, page_id, row.sealed, key_id=row.key_id, format=row.format
                 )
                 status = row.status
-                await self._audit(session, caller, DECRYPT, platform, page_id, f"key {row.key_id}")
+                await self._audit(
+                    session,
+                    caller,
+                    DECRYPT,
+                    platform,
+                    page_id,
+                    f"key {row.key_id}",
+                    on_behalf_of=on_behalf_of,
+                )
         return Decrypted(token, status)
 
     async def delete(self, platform: str, page_id: str, *, caller: str = INTERNAL) -> bool:
@@ -510,7 +524,17 @@ class TokenVault:
                 session, platform=platform, page_id=page_id, before_id=before_id, limit=limit
             )
         return [
-            AuditItem(r.id, r.at_ms, r.caller, r.action, r.platform, r.page_id, r.outcome, r.detail)
+            AuditItem(
+                r.id,
+                r.at_ms,
+                r.caller,
+                r.action,
+                r.platform,
+                r.page_id,
+                r.outcome,
+                r.detail,
+                r.on_behalf_of,
+            )
             for r in records
         ]
 

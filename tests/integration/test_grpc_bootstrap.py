@@ -7,6 +7,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from pagewire.kit.authz import Policy
 from pagewire.kit.errors import Aborted, InvalidArgument
 from pagewire.kit.grpcserver import start_server
 from pagewire.proto import router_pb2, router_pb2_grpc
@@ -30,6 +31,7 @@ async def served():  # type: ignore[no-untyped-def]
     service = await start_server(
         names=[NAME],
         register=lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(Failing(), s),
+        access=Policy.open([NAME]),
     )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
     yield service, channel

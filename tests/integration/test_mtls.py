@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pagewire.kit.authz import Policy
 from pagewire.kit.settings import SettingsError
 from pagewire.kit.tls import IDENTITIES, DevPki, GrpcSecurity, generate_pki
 from pagewire.proto import tokens_pb2
@@ -316,6 +317,7 @@ async def test_plaintext_health_port_for_kubelet_probes(pki: DevPki) -> None:
         register=lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(
             router_pb2_grpc.RouterServiceServicer(), s
         ),
+        access=Policy.open([name]),
         credentials=security.server_credentials(),
         health_port=security.health_port,
     )

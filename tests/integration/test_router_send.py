@@ -29,8 +29,12 @@ class Vault:
 
     def __init__(self) -> None:
         self.invalid: list[tuple[int, int]] = []
+        self.on_behalf_of: list[str] = []
 
-    async def decrypt(self, platform: str, page_id: str) -> tuple[Secret, str]:
+    async def decrypt(
+        self, platform: str, page_id: str, on_behalf_of: str = ""
+    ) -> tuple[Secret, str]:
+        self.on_behalf_of.append(on_behalf_of)
         return Secret(TOKEN), "ACTIVE"
 
     async def mark_invalid(

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pagewire import fakegraph
 from pagewire.graph import Clock, GraphClient, GraphError, GraphSettings, PagesApi
 from pagewire.kit import migrate
+from pagewire.kit.authz import Policy
 from pagewire.kit.channels import open_channel
 from pagewire.kit.db import create_engine, sessions
 from pagewire.kit.grpcserver import GrpcService, start_server
@@ -32,6 +33,7 @@ from pagewire.proto import (
 )
 from services.subscriptions import server as sub_server
 from services.subscriptions import store as sub_store
+from services.subscriptions.access import SUBSCRIPTIONS_ACCESS
 from services.subscriptions.clients import RouterClient, TokensClient
 from services.subscriptions.config import (
     FACEBOOK_FIELDS,
@@ -148,9 +150,11 @@ async def build_stack(
         tokens_engine = create_engine(database_url, "tokens")
         stack.push_async_callback(tokens_engine.dispose)
         vault = TokenVault(sessions(tokens_engine), Cipher(KeyRing.from_json(generate_keyring())))
+        tokens_servicer = tok_server.TokensServiceServicer(vault)
         tokens_service = await start_server(
             names=[tok_server.SERVICE_NAME],
-            register=tok_server.register(tok_server.TokensServiceServicer(vault)),
+            register=tok_server.register(tokens_servicer),
+            access=tokens_servicer.policy(),
             port=0,
         )
         tokens_channel = await _grpc(stack, tokens_service)
@@ -166,7 +170,13 @@ async def build_stack(
             router_pb2_grpc.add_RouterServiceServicer_to_server(router, server)
 
         router_channel = await _grpc(
-            stack, await start_server(names=[ROUTER_NAME], register=add_router, port=0)
+            stack,
+            await start_server(
+                names=[ROUTER_NAME],
+                register=add_router,
+                access=Policy.open([ROUTER_NAME]),
+                port=0,
+            ),
         )
 
         # Real sleeps in these tests stay short; backoff itself is measured with a VirtualClock.
@@ -216,6 +226,7 @@ async def build_stack(
             register=sub_server.register(
                 sub_server.SubscriptionsServiceServicer(connections, reconciler, details)
             ),
+            access=Policy.build([SUBSCRIPTIONS_ACCESS], allow_unauthenticated=True),
             port=0,
         )
         subs_channel = await _grpc(stack, subs_service)

@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pagewire import fakegraph
+from pagewire.kit.authz import Policy
 from pagewire.kit.channels import open_channel
 from pagewire.kit.grpcserver import start_server
 from pagewire.proto import (
@@ -112,6 +113,7 @@ async def test_connect_and_disconnect_through_real_processes(
     router_service = await start_server(
         names=[router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name],
         register=lambda server: router_pb2_grpc.add_RouterServiceServicer_to_server(router, server),
+        access=Policy.open([router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name]),
         port=0,
     )
     tokens_port, subs_port = free_port(), free_port()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from pagewire.kit.authz import Policy
 from pagewire.kit.grpcserver import GrpcService, start_server
 from pagewire.proto import events_pb2, subscriptions_pb2, subscriptions_pb2_grpc
 
@@ -51,4 +52,5 @@ async def serve_fake_subscriptions(fake: FakeSubscriptions) -> GrpcService:
         register=lambda s: subscriptions_pb2_grpc.add_SubscriptionsServiceServicer_to_server(
             fake, s
         ),
+        access=Policy.open(["pagewire.subscriptions.v1.SubscriptionsService"]),
     )

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from pagewire.kit.authz import Policy
 from pagewire.kit.channels import open_channel
 from pagewire.kit.db import create_engine, sessions
 from pagewire.kit.grpcserver import start_server
 from pagewire.proto import events_pb2, router_pb2_grpc, subscriptions_pb2_grpc
+from services.router.access import ROUTER_ACCESS
 from services.router.fencing import Fences
 from services.router.history import History
 from services.router.mutex import RedisLocks, redis_client
@@ -77,9 +79,11 @@ async def router_harness(
                 History(factory),
                 factory,
                 sender(factory, locks, pages) if sender is not None else None,
+                pages=pages,
             ),
             s,
         ),
+        access=Policy.build([ROUTER_ACCESS], allow_unauthenticated=True),
     )
     router_channel = await connected(open_channel(f"127.0.0.1:{service.port}"))
     try:

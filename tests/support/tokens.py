@@ -93,9 +93,11 @@ async def tokens_server(
     vault = TokenVault(sessions(engine), cipher)
     if access is None:
         access = Access(allow_unauthenticated=security is None)
+    servicer = TokensServiceServicer(vault, access)
     service = await start_server(
         names=[SERVICE_NAME],
-        register=register(TokensServiceServicer(vault, access)),
+        register=register(servicer),
+        access=servicer.policy(),
         port=0,
         closers=[engine.dispose],
         credentials=security.server_credentials() if security else None,

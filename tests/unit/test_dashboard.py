@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 # Every module that declares metrics; importing one registers its metrics.
 METRIC_MODULES = (
     "pagewire.graph.metrics",
+    "pagewire.kit.authz",
     "services.gateway.metrics",
     "services.router.metrics",
     "services.subscriptions.metrics",

@@ -1,0 +1,89 @@
+"""Who may call which RouterService RPC, and which accounts a reader or sender reaches.
+
+The table is enforced by the kit's authorization interceptor before a handler runs.
+RPCs marked `accounts=True` also check, in the handler, that the account the
+request names — or the account that owns the page or conversation it names — is
+one the caller's `PAGEWIRE_ROUTER_ACCOUNT_ACCESS` entry lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pagewire.kit.authz import (
+    GATEWAY,
+    OPERATORS,
+    SUBSCRIPTIONS,
+    AccessSettings,
+    AccessTable,
+    Group,
+    allow,
+)
+from pagewire.kit.principal import Principal
+from pagewire.proto import events_pb2, router_pb2
+from services.router.pages import PageDirectory
+
+SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+
+# Help desks, inboxes and bots: read conversations, send replies, each for its accounts.
+READERS = Group("readers", "ROUTER_READERS", ("app",))
+SENDERS = Group("senders", "ROUTER_SENDERS", ("app",))
+
+ROUTER_ACCESS = AccessTable(
+    SERVICE_NAME,
+    {
+        # The internet-facing gateway appends webhooks and may do nothing else.
+        "Ingest": allow(GATEWAY),
+        # The page lifecycle: after connect, in `pages list`, on disconnect --purge.
+        "RouteParked": allow(SUBSCRIPTIONS),
+        "GetPageActivity": allow(SUBSCRIPTIONS),
+        "PurgePage": allow(SUBSCRIPTIONS),
+        # Stored conversations: operators (every account) and readers (their accounts).
+        "ListConversations": allow(OPERATORS, READERS, accounts=True),
+        "ListMessages": allow(OPERATORS, READERS, accounts=True),
+        "ListEvents": allow(OPERATORS, READERS, accounts=True),
+        "StreamEvents": allow(OPERATORS, READERS, accounts=True),
+        # Acting as the Page through Graph: operators and senders, for their accounts.
+        "SendMessage": allow(OPERATORS, SENDERS, accounts=True),
+        "SendAction": allow(OPERATORS, SENDERS, accounts=True),
+    },
+)
+
+ACCOUNTS_VARIABLE = "ROUTER_ACCOUNT_ACCESS"
+# Operators see every account unless the variable says otherwise.
+ACCOUNT_DEFAULTS: Mapping[str, tuple[str, ...]] = {"cli": ("*",)}
+
+
+def access_settings(environ: Mapping[str, str]) -> AccessSettings:
+    """The router's groups and account access, from the environment."""
+    return AccessSettings.from_env(
+        environ,
+        [ROUTER_ACCESS],
+        accounts_variable=ACCOUNTS_VARIABLE,
+        account_defaults=ACCOUNT_DEFAULTS,
+    )
+
+
+class PageOwners:
+    """Answers "may this principal reach this page?" from the page's current account."""
+
+    def __init__(self, pages: PageDirectory) -> None:
+        self._pages = pages
+
+    async def require(self, principal: Principal, platform: int, page_id: str) -> None:
+        """AccountDenied unless every platform's connection of the page is the principal's.
+
+        A page no account owns (not connected) is refused to a limited principal: it
+        would otherwise learn which pages the router holds events for.
+        """
+        if principal.every_account:
+            return
+        platforms = (
+            [platform]
+            if platform != events_pb2.PLATFORM_UNSPECIFIED
+            else [events_pb2.FACEBOOK, events_pb2.INSTAGRAM]
+        )
+        owners = [await self._pages.account_for(p, page_id) for p in platforms]
+        known = [o for o in owners if o is not None]
+        if not known or not all(principal.may(o) for o in known):
+            raise principal.deny_page(page_id)
