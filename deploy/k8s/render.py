@@ -31,13 +31,17 @@ NAMESPACE = "pagewire"
 # kubernetes-validate knows, and one between: every rendered object must validate against each.
 KUBERNETES_VERSIONS = ("1.30.0", "1.33.0", "1.37.0")
 # Custom resources: no schema ships with kubernetes-validate; checked by the policy tests.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("cert-manager.io/v1", "Certificate"),
+}
 # File order of the rendered manifests, and object order inside each file.
 COMPONENTS = ("gateway", "router", "tokens", "subscriptions", "migrate", "common")
 KIND_ORDER = (
     "Namespace",
     "ServiceAccount",
     "Secret",
+    "Certificate",
     "Service",
     "Deployment",
     "HorizontalPodAutoscaler",

@@ -1,10 +1,13 @@
 """The deploy policy over rendered Kubernetes objects: `violations(objects)` lists what breaks it.
 
-What every Pagewire install must have, whatever its values: probes, resources with a
-memory limit and the restricted security context on every container; a headless
-twin for every gRPC Service; NetworkPolicies that admit exactly the callers the
-code has (tokens: router and subscriptions only). tests/deploy runs it over every
-value set, and over deliberately broken objects to prove it can fail.
+What every Pagewire install must have, whatever its values: probes (liveness and
+startup on the overall health status, never a service's own name, so a database
+outage restarts nothing), resources with a memory limit and the restricted
+security context on every container; a headless twin for every gRPC Service;
+NetworkPolicies that admit exactly the callers the code has (tokens: router and
+subscriptions only); cert-manager Certificates whose CN and only DNS name are the
+identity, matching the pod that mounts them. tests/deploy runs it over every value
+set, and over deliberately broken objects to prove it can fail.
 """
 
 from __future__ import annotations
@@ -16,6 +19,26 @@ GRPC_SERVICES = ("router", "tokens", "subscriptions")
 SERVICES = ("gateway", *GRPC_SERVICES)
 COMPONENT = "app.kubernetes.io/component"
 ADDR = re.compile(r"^PAGEWIRE_(ROUTER|TOKENS|SUBSCRIPTIONS)_ADDR$")
+TLS_MOUNT = "/var/run/secrets/pagewire/tls"
+CERTIFICATE = ("cert-manager.io/v1", "Certificate")
+# An identity as the services parse it (pagewire.kit.principal).
+IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# cert-manager.io/v1 Certificate: no schema ships with kubernetes-validate, so the
+# fields and usages are checked here (a misspelt `dnsName` would otherwise pass).
+CERTIFICATE_SPEC = {
+    "secretName", "secretTemplate", "commonName", "dnsNames", "ipAddresses", "uris",
+    "emailAddresses", "otherNames", "subject", "literalSubject", "duration", "renewBefore",
+    "renewBeforePercentage", "privateKey", "usages", "issuerRef", "isCA", "keystores",
+    "revisionHistoryLimit", "additionalOutputFormats", "nameConstraints",
+    "encodeUsagesInRequest",
+}  # fmt: skip
+CERTIFICATE_USAGES = {
+    "signing", "digital signature", "content commitment", "key encipherment",
+    "key agreement", "data encipherment", "cert sign", "crl sign", "encipher only",
+    "decipher only", "any", "server auth", "client auth", "code signing",
+    "email protection", "s/mime", "ipsec end system", "ipsec tunnel", "ipsec user",
+    "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc",
+}  # fmt: skip
 TARGET = re.compile(r"^dns:///(?P<host>[a-z0-9.-]+):(?P<port>[0-9]+)$")
 
 
@@ -115,6 +138,14 @@ def _probe_violations(at: str, c: dict) -> list[str]:
             want = ports.get("health", ports["grpc"])
             if spec.get("grpc", {}).get("port") != want:
                 out.append(f"{at}: {probe} is not a native gRPC probe on the health/grpc port")
+            service = spec.get("grpc", {}).get("service")
+            if probe != "readinessProbe" and service:
+                # A service's own name goes NOT_SERVING while PostgreSQL or Redis is
+                # unreachable: a liveness probe on it would restart every pod meanwhile.
+                out.append(
+                    f'{at}: {probe} asks for {service!r}, not the overall status "":'
+                    " a database outage would restart the pod"
+                )
         elif "http" in ports:
             if "httpGet" not in spec:
                 out.append(f"{at}: {probe} is not an HTTP probe")
@@ -375,6 +406,67 @@ def network_violations(objs: list[dict]) -> list[str]:
     return out
 
 
+def _tls_secrets(objs: list[dict]) -> dict[str, str]:
+    """Secret name → the component whose pods mount it as their mTLS certificate."""
+    out = {}
+    for workload, template in pod_specs(objs):
+        volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+        for c in template["spec"].get("containers", []):
+            for m in c.get("volumeMounts", []):
+                secret = volumes.get(m["name"], {}).get("secret")
+                if m["mountPath"] == TLS_MOUNT and secret:
+                    out[secret["secretName"]] = component(workload) or "?"
+    return out
+
+
+def certificate_violations(objs: list[dict]) -> list[str]:
+    """cert-manager Certificates: known fields, identity = CN = the only DNS name, usages.
+
+    A Certificate whose Secret a service mounts must name that service: its clients
+    verify that name, and the others authorize its calls by it.
+    """
+    out = []
+    mounted = _tls_secrets(objs)
+    secrets: dict[str, str] = {}
+    for obj in objs:
+        if (obj.get("apiVersion"), obj.get("kind")) != CERTIFICATE:
+            continue
+        where = _name(obj)
+        spec = obj.get("spec", {})
+        unknown = sorted(set(spec) - CERTIFICATE_SPEC)
+        if unknown:
+            out.append(f"{where}: unknown fields {unknown}")
+        usages = spec.get("usages", [])
+        if set(usages) - CERTIFICATE_USAGES:
+            out.append(f"{where}: unknown usages {sorted(set(usages) - CERTIFICATE_USAGES)}")
+        if not spec.get("issuerRef", {}).get("name"):
+            out.append(f"{where}: no issuerRef.name")
+        secret = spec.get("secretName")
+        if not secret:
+            out.append(f"{where}: no secretName")
+        elif secret in secrets:
+            out.append(f"{where}: writes Secret {secret}, as {secrets[secret]} does")
+        else:
+            secrets[secret] = where
+        identity = spec.get("commonName", "")
+        if not IDENTITY.match(identity) or spec.get("dnsNames") != [identity]:
+            out.append(
+                f"{where}: commonName {identity!r} and dnsNames {spec.get('dnsNames')} are not"
+                " one identity (CN = the only SAN DNS name)"
+            )
+        if spec.get("isCA") or spec.get("ipAddresses") or spec.get("uris"):
+            out.append(f"{where}: more than an identity (isCA, ipAddresses or uris)")
+        if "client auth" not in usages:
+            out.append(f"{where}: usages {usages} lack client auth (every identity is a client)")
+        user = mounted.get(secret or "")
+        if user is not None:
+            if identity != user:
+                out.append(f"{where}: {user} pods mount Secret {secret}, but it names {identity!r}")
+            if user in GRPC_SERVICES and "server auth" not in usages:
+                out.append(f"{where}: {user} serves gRPC but its usages lack server auth")
+    return out
+
+
 def violations(objs: list[dict]) -> list[str]:
     """Everything in `objs` that breaks the deploy policy; [] when it holds."""
     out = []
@@ -393,4 +485,5 @@ def violations(objs: list[dict]) -> list[str]:
             out.append(f"{_name(dep)}: no PodDisruptionBudget")
     out += service_violations(objs)
     out += network_violations(objs)
+    out += certificate_violations(objs)
     return out

@@ -30,6 +30,22 @@ from tests.deploy.conftest import render
         (["router.resources.limits=null"], "limits"),
         (["logLevel=VERBOSE"], "logLevel"),
         (["subscriptions.settings.graphVersion=25"], "graphVersion"),
+        (["tls.enabled=false"], "Refused unless unsafeInsecureGrpc=true is set as well"),
+        (["tls.clients.helpdesk.cert=PEM"], "tls.clients.helpdesk: an inline certificate needs"),
+        (
+            [
+                "tls.certManager.issuerRef.name=pagewire-ca",
+                "tls.ca=PEM",
+                "tls.services.router.cert=PEM",
+                "tls.services.router.key=PEM",
+            ],
+            "tls.services.router: an inline certificate and tls.certManager.issuerRef.name",
+        ),
+        (["router.readers={app,gateway}"], "router.readers: the gateway faces the internet"),
+        (["router.senders={gateway}"], "router.senders: the gateway faces the internet"),
+        (["auth.operators={cli,gateway}"], "auth.operators: the gateway faces the internet"),
+        (["subscriptions.readers={gateway}"], "subscriptions.readers: the gateway faces"),
+        (["tls.certManager.duration=90d"], "/tls/certManager/duration"),
     ],
 )
 def test_bad_values_are_refused(helm: str, values: list[str], message: str) -> None:
@@ -38,6 +54,26 @@ def test_bad_values_are_refused(helm: str, values: list[str], message: str) -> N
         args += ["--set", value]
     with pytest.raises(render.CheckFailed) as refused:
         render.render(helm, (), *args)
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("tls.clients.router={}", "tls.clients.router: router is a service of this chart"),
+        ("tls.clients.Help_Desk={}", "invalid propertyName 'Help_Desk'"),
+        ("router.readers=[]", "at '/router/readers': minItems"),
+        ("subscriptions.readers=[]", "at '/subscriptions/readers': minItems"),
+        ('router.accountAccess={"app": []}', "at '/router/accountAccess/app': minItems"),
+        ('router.accountAccess={"app": ["a;b"]}', "'a;b' does not match pattern"),
+        ('router.accountAccess={"gateway": ["*"]}', "router.accountAccess: the gateway may"),
+        ('subscriptions.accountAccess={"router": ["acme"]}', "the router looks up the page"),
+        ("networkPolicy.extraFrom.tokens=[]", "additional properties 'tokens' not allowed"),
+    ],
+)
+def test_bad_structured_values_are_refused(helm: str, value: str, message: str) -> None:
+    with pytest.raises(render.CheckFailed) as refused:
+        render.render(helm, (), "--set-json", value)
     assert message in str(refused.value)
 
 

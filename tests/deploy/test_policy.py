@@ -23,7 +23,7 @@ PLANNED_CALLS: set[tuple[str, str]] = set()
 
 
 def test_the_value_sets_the_issue_names_are_checked() -> None:
-    assert {"defaults", "ha", "existing-secrets", "no-ingress"} <= set(SETS)
+    assert {"defaults", "ha", "existing-secrets", "no-ingress", "cert-manager"} <= set(SETS)
 
 
 @pytest.mark.parametrize("name", SETS)
@@ -250,11 +250,14 @@ def test_mtls_settings_follow_tls_enabled(rendered: dict[str, list[dict]]) -> No
             if who == "migrate":
                 continue
             env = policy.env_of(c)
-            if name == "no-ingress":  # tls.enabled=false
+            if name == "no-ingress":  # tls.enabled=false with unsafeInsecureGrpc=true
                 assert env["PAGEWIRE_INSECURE_GRPC"]["value"] == "1"
                 assert "PAGEWIRE_TLS_CERT_FILE" not in env
+                if who in policy.GRPC_SERVICES:  # they bind 0.0.0.0, not loopback
+                    assert env["PAGEWIRE_INSECURE_GRPC_ALLOW_REMOTE"]["value"] == "1"
             else:
                 assert "PAGEWIRE_INSECURE_GRPC" not in env
+                assert "PAGEWIRE_INSECURE_GRPC_ALLOW_REMOTE" not in env
                 assert env["PAGEWIRE_TLS_CERT_FILE"]["value"].endswith("/tls.crt")
     tokens = policy.env_of(_containers(rendered["defaults"])["tokens"])
     assert tokens["PAGEWIRE_TOKENS_DECRYPT_ALLOWED"]["value"] == "router,subscriptions"

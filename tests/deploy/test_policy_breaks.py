@@ -84,6 +84,16 @@ def _drop_a_pdb(objs: list[dict]) -> None:
     objs.remove(by_kind(objs, "PodDisruptionBudget")["pagewire-subscriptions"])
 
 
+def _liveness_on_the_service_name(objs: list[dict]) -> None:
+    probe = _container(objs, "pagewire-router")["livenessProbe"]
+    probe["grpc"]["service"] = "pagewire.router.v1.RouterService"
+
+
+def _startup_on_the_service_name(objs: list[dict]) -> None:
+    probe = _container(objs, "pagewire-tokens")["startupProbe"]
+    probe["grpc"]["service"] = "pagewire.tokens.v1.TokensService"
+
+
 BREAKS: dict[str, tuple[Callable[[list[dict]], None], str]] = {
     "no readiness probe": (_remove_readiness_probe, "container router: no readinessProbe"),
     "no startup probe": (_remove_startup_probe, "container gateway: no startupProbe"),
@@ -112,6 +122,14 @@ BREAKS: dict[str, tuple[Callable[[list[dict]], None], str]] = {
     "short termination grace": (_short_termination_grace, "terminationGracePeriodSeconds 5"),
     "service links": (_service_links, "Deployment/pagewire-router: enableServiceLinks"),
     "no PDB": (_drop_a_pdb, "Deployment/pagewire-subscriptions: no PodDisruptionBudget"),
+    "liveness on the service name": (
+        _liveness_on_the_service_name,
+        "container router: livenessProbe asks for 'pagewire.router.v1.RouterService'",
+    ),
+    "startup on the service name": (
+        _startup_on_the_service_name,
+        "container tokens: startupProbe asks for 'pagewire.tokens.v1.TokensService'",
+    ),
 }
 
 
@@ -123,6 +141,88 @@ def test_the_unbroken_render_passes(rendered: dict[str, list[dict]]) -> None:
 def test_a_broken_object_fails_the_policy(rendered: dict[str, list[dict]], what: str) -> None:
     objs = copy.deepcopy(rendered["defaults"])
     breaker, expected = BREAKS[what]
+    breaker(objs)
+    found = policy.violations(objs)
+    assert any(expected in v for v in found), found
+
+
+# ---------------------------------------------------------------- cert-manager Certificates
+
+
+def _certificate(objs: list[dict], name: str) -> dict:
+    return by_kind(objs, "Certificate")[name]["spec"]
+
+
+def _cn_is_not_the_dns_name(objs: list[dict]) -> None:
+    _certificate(objs, "pagewire-client-helpdesk")["dnsNames"] = ["helpdesk", "app"]
+
+
+def _misspelt_field(objs: list[dict]) -> None:
+    spec = _certificate(objs, "pagewire-client-app")
+    spec["dnsName"] = spec.pop("dnsNames")
+
+
+def _router_without_server_auth(objs: list[dict]) -> None:
+    _certificate(objs, "pagewire-router")["usages"] = ["digital signature", "client auth"]
+
+
+def _gateway_certificate_names_the_router(objs: list[dict]) -> None:
+    spec = _certificate(objs, "pagewire-gateway")
+    spec["commonName"], spec["dnsNames"] = "router", ["router"]
+
+
+def _two_certificates_one_secret(objs: list[dict]) -> None:
+    _certificate(objs, "pagewire-client-app")["secretName"] = "pagewire-client-cli-tls"
+
+
+def _client_without_client_auth(objs: list[dict]) -> None:
+    _certificate(objs, "pagewire-client-cli")["usages"] = ["digital signature", "server auth"]
+
+
+def _unknown_usage(objs: list[dict]) -> None:
+    _certificate(objs, "pagewire-subscriptions")["usages"].append("serverauth")
+
+
+def _no_issuer(objs: list[dict]) -> None:
+    del _certificate(objs, "pagewire-client-helpdesk")["issuerRef"]
+
+
+CERTIFICATE_BREAKS: dict[str, tuple[Callable[[list[dict]], None], str]] = {
+    "CN is not the only DNS name": (
+        _cn_is_not_the_dns_name,
+        "Certificate/pagewire-client-helpdesk: commonName 'helpdesk' and dnsNames",
+    ),
+    "misspelt field": (_misspelt_field, "Certificate/pagewire-client-app: unknown fields"),
+    "server without server auth": (
+        _router_without_server_auth,
+        "Certificate/pagewire-router: router serves gRPC but its usages lack server auth",
+    ),
+    "another service's name": (
+        _gateway_certificate_names_the_router,
+        "gateway pods mount Secret pagewire-gateway-tls, but it names 'router'",
+    ),
+    "two certificates, one Secret": (
+        _two_certificates_one_secret,
+        "writes Secret pagewire-client-cli-tls, as Certificate/pagewire-client-",
+    ),
+    "client without client auth": (
+        _client_without_client_auth,
+        "Certificate/pagewire-client-cli: usages ['digital signature', 'server auth'] lack",
+    ),
+    "unknown usage": (_unknown_usage, "unknown usages ['serverauth']"),
+    "no issuer": (_no_issuer, "Certificate/pagewire-client-helpdesk: no issuerRef.name"),
+}
+
+
+def test_the_unbroken_cert_manager_render_passes(rendered: dict[str, list[dict]]) -> None:
+    assert by_kind(rendered["cert-manager"], "Certificate")
+    assert policy.violations(rendered["cert-manager"]) == []
+
+
+@pytest.mark.parametrize("what", sorted(CERTIFICATE_BREAKS))
+def test_a_broken_certificate_fails_the_policy(rendered: dict[str, list[dict]], what: str) -> None:
+    objs = copy.deepcopy(rendered["cert-manager"])
+    breaker, expected = CERTIFICATE_BREAKS[what]
     breaker(objs)
     found = policy.violations(objs)
     assert any(expected in v for v in found), found

@@ -124,6 +124,75 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "%s-tls" (include "pagewire.componentName" .)) $svc.existingSecret -}}
 {{- end -}}
 
+{{/* The Secret of a client identity's certificate; (dict "root" $ "name" "helpdesk"). */}}
+{{- define "pagewire.clientSecret" -}}
+{{- $client := default dict (index .root.Values.tls.clients .name) -}}
+{{- default (printf "%s-client-%s-tls" (include "pagewire.fullname" .root) .name) $client.existingSecret -}}
+{{- end -}}
+
+{{/* A cert-manager Certificate's spec; (dict "root" $ "identity" "router" "secret" <name> "server" true). */}}
+{{- define "pagewire.certificateSpec" -}}
+{{- $cm := .root.Values.tls.certManager -}}
+secretName: {{ .secret }}
+secretTemplate:
+  labels:
+    {{- include "pagewire.releaseSelector" .root | nindent 4 }}
+commonName: {{ .identity }}
+dnsNames:
+  - {{ .identity }}
+duration: {{ $cm.duration }}
+renewBefore: {{ $cm.renewBefore }}
+privateKey:
+  algorithm: ECDSA
+  size: 256
+  encoding: PKCS8
+  rotationPolicy: Always
+usages:
+  - digital signature
+  {{- if .server }}
+  - server auth
+  {{- end }}
+  - client auth
+issuerRef:
+  name: {{ $cm.issuerRef.name }}
+  kind: {{ $cm.issuerRef.kind }}
+  group: {{ $cm.issuerRef.group }}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- authorization */}}
+
+{{/* The full proto name of a gRPC service, as its health service reports it. */}}
+{{- define "pagewire.grpcServiceName" -}}
+{{- printf "pagewire.%s.v1.%sService" . (title .) -}}
+{{- end -}}
+
+{{/* identity -> accounts map as PAGEWIRE_*_ACCOUNT_ACCESS: `app=acme,globex;helpdesk=*`. */}}
+{{- define "pagewire.accountAccess" -}}
+{{- $parts := list -}}
+{{- range $identity, $accounts := . -}}
+{{- $parts = append $parts (printf "%s=%s" $identity (join "," $accounts)) -}}
+{{- end -}}
+{{- join ";" $parts -}}
+{{- end -}}
+
+{{/* Authorization environment of router or subscriptions: who may call what, for which accounts. */}}
+{{- define "pagewire.authEnv" -}}
+{{- $values := index .root.Values .component -}}
+{{- $prefix := printf "PAGEWIRE_%s" (upper .component) -}}
+- name: PAGEWIRE_OPERATORS
+  value: {{ join "," .root.Values.auth.operators | quote }}
+- name: {{ $prefix }}_READERS
+  value: {{ join "," $values.readers | quote }}
+{{- if hasKey $values "senders" }}
+- name: {{ $prefix }}_SENDERS
+  value: {{ join "," $values.senders | quote }}
+{{- end }}
+{{- with $values.accountAccess }}
+- name: {{ $prefix }}_ACCOUNT_ACCESS
+  value: {{ include "pagewire.accountAccess" . | quote }}
+{{- end }}
+{{- end -}}
+
 {{/* ---------------------------------------------------------------- pods */}}
 
 {{- define "pagewire.podSecurityContext" -}}
@@ -161,6 +230,7 @@ seccompProfile:
 - name: PAGEWIRE_TLS_KEY_FILE
   value: /var/run/secrets/pagewire/tls/tls.key
 {{- else }}
+# unsafeInsecureGrpc: plaintext gRPC, no caller identity (debugging only).
 - name: PAGEWIRE_INSECURE_GRPC
   value: "1"
 {{- end }}
@@ -206,6 +276,11 @@ seccompProfile:
 {{- $values := index .root.Values .component -}}
 - name: PAGEWIRE_GRPC_HOST
   value: "0.0.0.0"
+{{- if not .root.Values.tls.enabled }}
+# Plaintext on 0.0.0.0: the services refuse it without this (unsafeInsecureGrpc).
+- name: PAGEWIRE_INSECURE_GRPC_ALLOW_REMOTE
+  value: "1"
+{{- end }}
 - name: {{ printf "PAGEWIRE_%s_PORT" (upper .component) }}
   value: {{ $values.port | int | quote }}
 - name: PAGEWIRE_METRICS_PORT
@@ -314,11 +389,60 @@ prometheus.io/port: {{ .metricsPort | quote }}
 {{- if and (not $gw.existingSecret) (or $gw.appSecret $gw.verifyToken $gw.instagramAppSecret) (not (and $gw.appSecret $gw.verifyToken)) -}}
 {{- fail "gateway.secret: inline secrets need both appSecret and verifyToken" -}}
 {{- end -}}
-{{- if $v.tls.enabled -}}
+{{- include "pagewire.validateTls" . -}}
+{{- include "pagewire.validateAuth" . -}}
+{{- end -}}
+
+{{/* mTLS on, or off only when asked for in so many words; each certificate from one source. */}}
+{{- define "pagewire.validateTls" -}}
+{{- $v := .Values -}}
+{{- if not $v.tls.enabled -}}
+{{- if not $v.unsafeInsecureGrpc -}}
+{{- fail "tls.enabled=false turns mutual TLS off: gRPC between the pods would be plaintext on 0.0.0.0, unencrypted and with no caller identity, so every allow-list (auth.operators, router.readers, router.senders, subscriptions.readers) would let anyone the NetworkPolicies admit call everything. Refused unless unsafeInsecureGrpc=true is set as well (debugging only)" -}}
+{{- end -}}
+{{- else -}}
+{{- $issuer := $v.tls.certManager.issuerRef.name -}}
+{{- $services := list "gateway" "router" "tokens" "subscriptions" -}}
 {{- range $name, $svc := $v.tls.services -}}
 {{- if and (not $svc.existingSecret) (or $svc.cert $svc.key) (not (and $svc.cert $svc.key $v.tls.ca)) -}}
 {{- fail (printf "tls.services.%s: an inline certificate needs cert, key and tls.ca" $name) -}}
 {{- end -}}
+{{- if and (not $svc.existingSecret) $svc.cert $issuer -}}
+{{- fail (printf "tls.services.%s: an inline certificate and tls.certManager.issuerRef.name both set; choose one" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- range $name, $client := $v.tls.clients -}}
+{{- $client = default dict $client -}}
+{{- if has $name $services -}}
+{{- fail (printf "tls.clients.%s: %s is a service of this chart; its certificate is tls.services.%s" $name $name $name) -}}
+{{- end -}}
+{{- if and (not $client.existingSecret) (or $client.cert $client.key) (not (and $client.cert $client.key $v.tls.ca)) -}}
+{{- fail (printf "tls.clients.%s: an inline certificate needs cert, key and tls.ca" $name) -}}
+{{- end -}}
+{{- if and (not $client.existingSecret) $client.cert $issuer -}}
+{{- fail (printf "tls.clients.%s: an inline certificate and tls.certManager.issuerRef.name both set; choose one" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The internet-facing gateway may call router.Ingest and nothing else: never in a group. */}}
+{{- define "pagewire.validateAuth" -}}
+{{- $v := .Values -}}
+{{- $groups := dict "auth.operators" $v.auth.operators "router.readers" $v.router.readers "router.senders" $v.router.senders "subscriptions.readers" $v.subscriptions.readers -}}
+{{- range $key, $members := $groups -}}
+{{- if has "gateway" $members -}}
+{{- fail (printf "%s: the gateway faces the internet and may call router.Ingest only; it cannot be in %s" $key $key) -}}
+{{- end -}}
+{{- end -}}
+{{- range $key, $access := dict "router.accountAccess" $v.router.accountAccess "subscriptions.accountAccess" $v.subscriptions.accountAccess -}}
+{{- if hasKey $access "gateway" -}}
+{{- fail (printf "%s: the gateway may call router.Ingest only; it has no accounts to see" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- with $v.subscriptions.accountAccess.router -}}
+{{- if not (has "*" .) -}}
+{{- fail "subscriptions.accountAccess.router: the router looks up the page of every event it routes; leave it out (router=* is built in)" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

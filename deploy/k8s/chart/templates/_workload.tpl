@@ -111,8 +111,11 @@ spec:
               path: /readyz
               port: http
             {{- else }}
+            # The service's own name, NOT_SERVING while what it needs is unreachable
+            # (the router: PostgreSQL, Redis), so such a pod leaves the Services meanwhile.
             grpc:
               port: {{ $probePort }}
+              service: {{ include "pagewire.grpcServiceName" $c }}
             {{- end }}
             periodSeconds: {{ $p.readiness.periodSeconds | int }}
             timeoutSeconds: {{ $p.readiness.timeoutSeconds | int }}
@@ -123,6 +126,8 @@ spec:
               path: /healthz
               port: http
             {{- else }}
+            # The overall status "" (no service): SERVING while the process runs, so a
+            # database outage never restarts the pod. Never the service's own name.
             grpc:
               port: {{ $probePort }}
             {{- end }}
