@@ -1,12 +1,21 @@
 """The gateway's HTTP app: Meta's verify handshake, signed webhook POSTs, health probes, metrics.
 
 A POST is answered 200 only after the router's `Ingest` returned OK, so a 200
-always means the events are stored (guarantee 1); a router failure is a 503 and
-Meta delivers again. The path decides the platform: its secret checks the
-signature and its platform goes on the events, and a body whose `object` names
-the other platform is refused. Each POST is counted by platform and outcome and,
-while tracing is on, is the root span of its trace (signature check and
-normalization are its children; the router's spans join through `Ingest`).
+means the events are stored (guarantee 1; the one exception, `rejected`, below);
+a router failure is a 503 and Meta delivers again. A POST of more than
+`contract.MAX_EVENTS_PER_CALL` events is sent as several Ingest calls at once
+(events are idempotent), each with the POST's deadline, and is answered 200 only
+when all of them succeeded. The one router answer that is not a 503 is
+INVALID_ARGUMENT: the router refusing what the gateway built is a bug on our
+side that a redelivery cannot fix (Meta would redeliver it for ever, then
+disable the subscription), so it is answered 200, counted as `rejected`,
+alerted on, and logged once with the body redacted.
+
+The path decides the platform: its secret checks the signature and its platform
+goes on the events, and a body whose `object` names the other platform is
+refused. Each POST is counted by platform and outcome and, while tracing is on,
+is the root span of its trace (signature check and normalization are its
+children; the router's spans join through `Ingest`).
 
 Internet-facing limits: at most `max_concurrency` POSTs in flight per process (the
 next is a 503 with Retry-After, its body unread), a body must arrive within
@@ -18,12 +27,14 @@ before normalizing). The request-header deadline lives in the uvicorn protocol
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,6 +43,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from pagewire.contract import MAX_EVENTS_PER_CALL, Platform
 from pagewire.kit import telemetry
 from pagewire.kit.channels import open_channel
 from pagewire.kit.metrics import exposition
@@ -48,6 +60,7 @@ from services.gateway.normalize import (
     parse_envelope,
     platform_of,
 )
+from services.gateway.redaction import redacted_json
 from services.gateway.signature import (
     LEGACY_SIGNATURE_HEADER,
     SIGNATURE_HEADER,
@@ -65,6 +78,21 @@ _DEADLINE_MARGIN_S = 0.25
 # Seconds a POST refused for the in-flight limit is told to wait: a slot frees as soon as
 # any POST in flight is answered, usually within milliseconds.
 RETRY_AFTER_S = 1
+# Router answers a redelivery can fix (a replica or PostgreSQL down, a lock wait or the
+# deadline exceeded, the router shedding load): 503, and Meta retries. INVALID_ARGUMENT is
+# answered 200 (`rejected`); any other code is a 503 too, but logged as an error: a
+# misconfiguration (PERMISSION_DENIED, UNAUTHENTICATED) or a bug (INTERNAL) someone must fix.
+TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+# The router's message is safe to log (no personal data, style guide); a bound keeps a
+# line a line.
+_MAX_DETAIL_CHARS = 1000
 
 IngestFn = Callable[[router_pb2.IngestRequest, float], Awaitable[object]]
 """Sends one IngestRequest with a timeout in seconds; returns once the router committed."""
@@ -77,17 +105,34 @@ Router = IngestFn | router_pb2_grpc.RouterServiceStub
 
 @dataclass(frozen=True)
 class _Channel:
-    """A webhook path: its platform (name for logs and metrics), the secret that signs its
+    """A webhook path (`/webhooks/<platform>`): its platform, the secret that signs its
     bodies, and so the only `object` it accepts."""
 
-    name: str
-    path: str
-    platform: int
+    platform: Platform
     secret: Secret
+
+    @property
+    def name(self) -> str:
+        """The platform in logs and metric labels."""
+        return self.platform.label
+
+    @property
+    def path(self) -> str:
+        return f"/webhooks/{self.platform.label}"
 
     @property
     def object(self) -> str:
         return OBJECTS[self.platform]
+
+
+@dataclass
+class _Delivery:
+    """What the Ingest calls of one POST came to: `failed` (answer 503), else the replies of
+    the calls the router accepted and the details of those it refused as invalid."""
+
+    failed: bool = False
+    replies: list[object] = dataclasses.field(default_factory=list)
+    rejected: list[str] = dataclasses.field(default_factory=list)
 
 
 class _InFlight:
@@ -154,10 +199,8 @@ def create_app(
             await channel.close()
 
     channels = (
-        _Channel("facebook", "/webhooks/facebook", events_pb2.FACEBOOK, settings.app_secret),
-        _Channel(
-            "instagram", "/webhooks/instagram", events_pb2.INSTAGRAM, settings.instagram_app_secret
-        ),
+        _Channel(Platform.FACEBOOK, settings.app_secret),
+        _Channel(Platform.INSTAGRAM, settings.instagram_app_secret),
     )
     # Shared by both paths: the limit is per process.
     in_flight = _InFlight(settings.max_concurrency)
@@ -221,7 +264,7 @@ def _verify(settings: GatewaySettings, channel: _Channel) -> Endpoint:
 def _receive(
     settings: GatewaySettings, channel: _Channel, link: _RouterLink, in_flight: _InFlight
 ) -> Endpoint:
-    """A webhook POST: a slot, size and time, signature, shape, normalize, one Ingest, then 200."""
+    """A webhook POST: a slot, size and time, signature, shape, normalize, Ingest, then 200."""
     secret = channel.secret.encode()
 
     async def receive(request: Request) -> Response:
@@ -273,7 +316,7 @@ def _receive(
             return "bad_signature", _json({"error": "bad signature"}, 401)
 
         with tracer.start_as_current_span("webhook.normalize"):
-            outcome, answer, events = _unpack(body, channel, settings.max_items)
+            outcome, answer, envelope, events = _unpack(body, channel, settings.max_items)
             if answer is None:
                 telemetry.annotate(event_count=len(events))
         if answer is not None:
@@ -283,10 +326,14 @@ def _receive(
             log.debug("webhook carried no events", extra={"platform": channel.name})
             return "ok", _json({"status": "ok", "events": 0}, 200)
 
-        ok, reply = await _forward(link, router_pb2.IngestRequest(events=events), settings, channel)
-        if not ok:
+        delivery = await _forward(link, events, settings, channel)
+        if delivery.failed:
             return "unavailable", _json({"error": "router unavailable"}, 503)
-        _count_events(channel.name, reply)
+        for reply in delivery.replies:
+            _count_events(channel.name, reply)
+        if delivery.rejected:
+            _log_rejected(channel, delivery.rejected, envelope, len(events))
+            return "rejected", _json({"status": "rejected", "events": len(events)}, 200)
         log.debug("webhook ingested", extra={"platform": channel.name, "events": len(events)})
         return "ok", _json({"status": "ok", "events": len(events)}, 200)
 
@@ -295,8 +342,9 @@ def _receive(
 
 def _unpack(
     body: bytes, channel: _Channel, max_items: int
-) -> tuple[str, Response | None, list[events_pb2.Event]]:
-    """Parse, check `object` against the path, normalize: the events, or the answer instead.
+) -> tuple[str, Response | None, Mapping[str, Any], list[events_pb2.Event]]:
+    """Parse, check `object` against the path, normalize: the envelope and its events, or
+    the answer instead.
 
     The item cap is checked as soon as the body is decoded, so an oversized POST costs a
     parse and never a normalization. An `object` other than the path's is refused with 400:
@@ -310,21 +358,55 @@ def _unpack(
         log.warning(
             "webhook has too many items", extra={"platform": channel.name, "max_items": exc.limit}
         )
-        return "too_many_items", _json({"error": "too many items", "detail": str(exc)}, 413), []
+        answer = _json({"error": "too many items", "detail": str(exc)}, 413)
+        return "too_many_items", answer, {}, []
     except MalformedEnvelope as exc:
         log.warning("webhook body malformed", extra={"platform": channel.name, "reason": str(exc)})
-        return "malformed", _json({"error": "malformed body", "detail": str(exc)}, 400), []
+        return "malformed", _json({"error": "malformed body", "detail": str(exc)}, 400), {}, []
 
     claimed = platform_of(envelope)
-    if claimed != channel.platform:
+    if claimed is not channel.platform:
         # Not acknowledged: a 200 would drop a signed body nobody here reads.
         log.warning(
             "webhook object does not match its path",
             extra={"platform": channel.name, "object": str(envelope.get("object"))[:64]},
         )
         detail = f'{channel.path} accepts only "object": "{channel.object}"'
-        return "wrong_object", _json({"error": "wrong object", "detail": detail}, 400), []
-    return "ok", None, normalize_envelope(envelope, platform=channel.platform)
+        return "wrong_object", _json({"error": "wrong object", "detail": detail}, 400), {}, []
+    events = normalize_envelope(envelope, platform=channel.platform, on_demoted=_demoted(channel))
+    return "ok", None, envelope, events
+
+
+def _demoted(channel: _Channel) -> Callable[[events_pb2.Event, str], None]:
+    """Counts an item sent as `<kind>:invalid`; the reason names a field, never a value."""
+
+    def count(event: events_pb2.Event, reason: str) -> None:
+        kind = event.WhichOneof("kind") or "none"
+        metrics.EVENTS_DEMOTED.labels(channel.name, kind).inc()
+        log.debug(
+            "item kept raw: it breaks the event contract",
+            extra={"platform": channel.name, "kind": kind, "reason": reason},
+        )
+
+    return count
+
+
+def _log_rejected(
+    channel: _Channel, details: list[str], envelope: Mapping[str, Any], events: int
+) -> None:
+    """One warning per rejected POST: the router's reason and the body, redacted (ids, kinds
+    and times only: customers' text never reaches a log)."""
+    log.warning(
+        "router rejected a webhook's events as invalid; acknowledged, not stored",
+        extra={
+            "platform": channel.name,
+            "code": grpc.StatusCode.INVALID_ARGUMENT.name,
+            "detail": details[0][:_MAX_DETAIL_CHARS],
+            "rejected_calls": len(details),
+            "events": events,
+            "body": redacted_json(envelope),
+        },
+    )
 
 
 def _overloaded() -> Response:
@@ -347,30 +429,64 @@ def _count_events(platform: str, reply: object) -> None:
 
 async def _forward(
     link: _RouterLink,
-    request: router_pb2.IngestRequest,
+    events: list[events_pb2.Event],
     settings: GatewaySettings,
     channel: _Channel,
-) -> tuple[bool, object]:
-    """One Ingest with the deadline, and its reply; False on any failure, so Meta retries."""
+) -> _Delivery:
+    """The events in Ingest calls of at most MAX_EVENTS_PER_CALL, all at once, each with the
+    POST's deadline; failed when any call failed other than as invalid, so Meta retries
+    (the calls that succeeded stored their events, which the retry finds as duplicates)."""
     ingest = link.ingest
     if ingest is None:
         log.error("router link not open", extra={"platform": channel.name})
-        return False, None
-    timeout = settings.ingest_timeout_s
-    extra = {"platform": channel.name, "events": len(request.events)}
+        return _Delivery(failed=True)
+    requests = [
+        router_pb2.IngestRequest(events=events[start : start + MAX_EVENTS_PER_CALL])
+        for start in range(0, len(events), MAX_EVENTS_PER_CALL)
+    ]
+    calls = len(requests)
+    results = await asyncio.gather(
+        *(_ingest_once(ingest, r, settings.ingest_timeout_s, channel, calls) for r in requests)
+    )
+    delivery = _Delivery()
+    for verdict, value in results:
+        if verdict == "ok":
+            delivery.replies.append(value)
+        elif verdict == "rejected":
+            delivery.rejected.append(str(value))
+        else:
+            delivery.failed = True
+    return delivery
+
+
+async def _ingest_once(
+    ingest: IngestFn,
+    request: router_pb2.IngestRequest,
+    timeout: float,
+    channel: _Channel,
+    calls: int,
+) -> tuple[str, object]:
+    """One Ingest: ("ok", reply), ("rejected", the router's detail) or ("failed", None)."""
+    extra = {"platform": channel.name, "events": len(request.events), "calls": calls}
     try:
         async with asyncio.timeout(timeout + _DEADLINE_MARGIN_S):
             reply = await ingest(request, timeout)
     except grpc.aio.AioRpcError as exc:
-        log.warning("router ingest failed", extra={**extra, "code": exc.code().name})
-        return False, None
+        code = exc.code()
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return "rejected", exc.details() or ""
+        # CANCELLED: the channel closing under the call (a shutdown), not a bug.
+        transient = code in TRANSIENT_CODES or code == grpc.StatusCode.CANCELLED
+        level = logging.WARNING if transient else logging.ERROR
+        log.log(level, "router ingest failed", extra={**extra, "code": code.name})
+        return "failed", None
     except TimeoutError:
         log.warning("router ingest failed", extra={**extra, "code": "DEADLINE_EXCEEDED"})
-        return False, None
+        return "failed", None
     except Exception:
         log.exception("router ingest failed", extra=extra)
-        return False, None
-    return True, reply
+        return "failed", None
+    return "ok", reply
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

@@ -1,11 +1,15 @@
 """Meta webhook envelopes → `events.v1` events: pure functions, no web or gRPC imports.
 
-Every item of every `entry[].messaging[]` and `entry[].standby[]` becomes one
-Event, of the platform of the path the body arrived on. Meta's payloads vary
-(ids as numbers or strings, seconds or milliseconds, float timestamps, missing
-senders, the dashboard's test body), so nothing here trusts a type: a value of
-the wrong type reads as absent, and an item that cannot be understood travels
-as `unsupported` with its raw JSON.
+Every item of every `entry[].messaging[]`, `entry[].standby[]` and
+`entry[].changes[]` becomes one Event, of the platform of the path the body
+arrived on. Meta's payloads vary (ids as numbers or strings, seconds or
+milliseconds, float timestamps, missing senders, the dashboard's test body), so
+nothing here trusts a type: a value of the wrong type reads as absent, and an
+item that cannot be understood travels as `unsupported` with its raw JSON. A
+`changes[]` item (Page `feed`, Instagram `comments`, `mentions`, any field) is
+`unsupported` with its field as kind until comments are modelled. What an event
+may hold is the event contract's (pagewire/contract.py): an event that breaks it
+is sent as the contract's demoted `unsupported` event instead, its raw item kept.
 """
 
 from __future__ import annotations
@@ -14,23 +18,33 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
+from pagewire import contract
+from pagewire.contract import (
+    KINDS_NEEDING_PERSON,
+    MAX_APP_ID,
+    MAX_EVENT_ID,
+    MAX_KIND,
+    MAX_PAGE_ID,
+    MAX_USER_ID,
+    Platform,
+)
 from pagewire.kit.timeutil import now_ms
 from pagewire.proto import events_pb2
 
 # Webhook `object` → platform. Anything else (user, permissions, whatsapp...) is not ours.
-PLATFORMS: dict[str, int] = {"page": events_pb2.FACEBOOK, "instagram": events_pb2.INSTAGRAM}
+PLATFORMS: dict[str, Platform] = {"page": Platform.FACEBOOK, "instagram": Platform.INSTAGRAM}
 # Platform → the only `object` its webhook path accepts.
-OBJECTS: dict[int, str] = {platform: obj for obj, platform in PLATFORMS.items()}
+OBJECTS: dict[Platform, str] = {platform: obj for obj, platform in PLATFORMS.items()}
 # The lists of an entry whose elements are items: what PAGEWIRE_GATEWAY_MAX_ITEMS counts.
 ITEM_LISTS = ("messaging", "standby", "changes")
 
 # Below this a timestamp is in seconds: 10**11 ms is 1973, 10**11 s is the year 5138.
 _SECONDS_BELOW = 10**11
 _INT64_MAX = 2**63 - 1
-_KIND_MAX_CHARS = 64
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Meta's envelopes nest about eight levels; far deeper input is hostile, and re-encoding it
 # (raw_json, the id digest) could hit Python's recursion limit mid-request.
@@ -63,11 +77,6 @@ _HANDOVER_KEYS = frozenset(
     {"pass_thread_control", "take_thread_control", "request_thread_control", "app_roles"}
 )
 _POLICY_KEYS = frozenset({"policy_enforcement", "policy-enforcement"})
-# The router's limits (services/router/routing.py): page and person ids, and message ids.
-MAX_PARTY_ID = 128
-MAX_MID = 500  # leaves room for the "deleted:" prefix of an unsend
-# Kinds that belong to a conversation, so need the person's id.
-_NEEDS_PERSON = frozenset({"message", "delivery", "read", "postback", "reaction", "edit"})
 _STICKER_BEARING = frozenset({"sticker", "image"})
 
 
@@ -113,7 +122,7 @@ def parse_envelope(body: bytes, *, max_items: int | None = None) -> dict[str, An
     return data
 
 
-def platform_of(envelope: Mapping[str, Any]) -> int | None:
+def platform_of(envelope: Mapping[str, Any]) -> Platform | None:
     """The platform the body's `object` names: FACEBOOK for `page`, INSTAGRAM for
     `instagram`, else None. The gateway compares it with its path's platform; it never
     decides the platform of the events."""
@@ -121,13 +130,20 @@ def platform_of(envelope: Mapping[str, Any]) -> int | None:
     return PLATFORMS.get(obj) if isinstance(obj, str) else None
 
 
+Demoted = Callable[[events_pb2.Event, str], None]
+"""Told of each event that broke the contract (the event as built, the contract's reason)
+before its demoted stand-in replaces it: the gateway counts them."""
+
+
 def normalize_envelope(
     envelope: Mapping[str, Any],
     *,
-    platform: int | None = None,
+    platform: Platform | int | None = None,
     received_at_ms: int | None = None,
+    on_demoted: Demoted | None = None,
 ) -> list[events_pb2.Event]:
-    """Every messaging and standby item of every entry, as events of `platform` in Meta's order.
+    """Every messaging, standby and changes item of every entry, as events of `platform`
+    in Meta's order; each one storable as it is (`contract.unstorable(e) is None`).
 
     The gateway passes the platform of the path the body arrived on, whose secret
     signed it (a body whose `object` names the other platform was refused before).
@@ -136,39 +152,63 @@ def normalize_envelope(
 
     Entries without a usable id are skipped: without a page nothing can be routed,
     and Meta's dashboard test body (`"message": "TEST_MESSAGE"`, no ids) is one.
+    An item whose event breaks the contract (a mid longer than any real one) is sent
+    as `contract.demoted(event)`, its raw item kept, and `on_demoted` is told.
     """
     if platform is None:
         platform = platform_of(envelope)
+    elif not isinstance(platform, Platform):
+        platform = Platform.from_proto(platform)
     entries = envelope.get("entry")
     if platform is None or not isinstance(entries, list):
         return []
+    number = platform.proto
     received = now_ms() if received_at_ms is None else received_at_ms
     events: list[events_pb2.Event] = []
     for entry in entries:
         if not isinstance(entry, Mapping):
             continue
-        page_id = _bounded(id_str(entry.get("id")), MAX_PARTY_ID)
+        page_id = _bounded(id_str(entry.get("id")), MAX_PAGE_ID)
         if not page_id:
             continue
         entry_time_ms = to_ms(entry.get("time"))
-        for key, standby in (("messaging", False), ("standby", True)):
+        for key in ITEM_LISTS:
             items = entry.get(key)
             if not isinstance(items, list):
                 continue
             for item in items:
                 if not isinstance(item, Mapping):
                     continue  # not an item at all: no sender, no kind, nothing to keep
-                events.append(
-                    normalize_item(
+                if key == "changes":
+                    event = normalize_change(
                         item,
-                        platform=platform,
+                        platform=number,
                         page_id=page_id,
-                        standby=standby,
                         entry_time_ms=entry_time_ms,
                         received_at_ms=received,
                     )
-                )
+                else:
+                    event = normalize_item(
+                        item,
+                        platform=number,
+                        page_id=page_id,
+                        standby=key == "standby",
+                        entry_time_ms=entry_time_ms,
+                        received_at_ms=received,
+                    )
+                events.append(_storable(event, on_demoted))
     return events
+
+
+def _storable(event: events_pb2.Event, on_demoted: Demoted | None) -> events_pb2.Event:
+    """The event, or the contract's `unsupported` stand-in when the router could not
+    store it as its kind (it would store the stand-in itself; sending it says so here)."""
+    reason = contract.unstorable(event)
+    if reason is None:
+        return event
+    if on_demoted is not None:
+        on_demoted(event, reason)
+    return contract.demoted(event)
 
 
 def normalize_item(
@@ -180,7 +220,12 @@ def normalize_item(
     entry_time_ms: int | None = None,
     received_at_ms: int,
 ) -> events_pb2.Event:
-    """One messaging item → one Event; never raises on odd shapes."""
+    """One messaging item → one Event; never raises on odd shapes.
+
+    Mids are kept as they came: one longer than the contract allows makes the event
+    unstorable, and normalize_envelope sends it demoted (raw item kept) rather than
+    pretend the item concerns no message.
+    """
     kind = item_kind(item)
     body = item.get(kind)
     event = events_pb2.Event(
@@ -216,7 +261,7 @@ def normalize_item(
         postback = event.postback
         postback.title = _text(body.get("title"))
         postback.payload = _text(body.get("payload"))
-        postback.mid = _bounded(id_str(body.get("mid")), MAX_MID)
+        postback.mid = id_str(body.get("mid"))
         postback.referral_json = _json_or_empty(body.get("referral"))
         event.id = postback.mid or event_digest("postback", platform, page_id, item)
     elif kind == "reaction" and isinstance(body, Mapping):
@@ -246,8 +291,11 @@ def normalize_item(
     elif kind in _HANDOVER_KEYS and isinstance(body, Mapping):
         handover = event.handover
         handover.action = kind
-        handover.previous_owner_app_id = id_str(body.get("previous_owner_app_id"))
-        handover.new_owner_app_id = id_str(body.get("new_owner_app_id"))
+        # An app id no app could have reads as absent: the handover still happened.
+        handover.previous_owner_app_id = _bounded(
+            id_str(body.get("previous_owner_app_id")), MAX_APP_ID
+        )
+        handover.new_owner_app_id = _bounded(id_str(body.get("new_owner_app_id")), MAX_APP_ID)
         handover.requested_owner_app_id = id_str(body.get("requested_owner_app_id"))
         handover.metadata = _text(body.get("metadata"))
         event.id = event_digest("handover", platform, page_id, item)
@@ -273,14 +321,71 @@ def normalize_item(
     # then the moment of receipt are the next best order keys.
     item_ms = to_ms(item.get("timestamp"))
     event.timestamp_ms = item_ms or watermark_ms or entry_time_ms or received_at_ms
+    if len(event.id) > MAX_EVENT_ID:
+        # Only a mid can be this long (digests are short); an id-less item's digest
+        # keeps redeliveries together all the same.
+        event.id = event_digest(kind, platform, page_id, item)
     which = event.WhichOneof("kind")
-    if which in _NEEDS_PERSON and not event.user_id:
+    if which in KINDS_NEEDING_PERSON and not event.user_id:
         # Without a person there is no conversation to put it in: keep it raw against the
         # page rather than have the router refuse the whole POST (Meta would redeliver it
         # forever).
         event.ClearField(which)
         event.unsupported.kind = which
     return event
+
+
+def normalize_change(
+    change: Mapping[str, Any],
+    *,
+    platform: int,
+    page_id: str,
+    entry_time_ms: int | None = None,
+    received_at_ms: int,
+) -> events_pb2.Event:
+    """One `changes[]` item (`{"field": ..., "value": {...}}`) → one `unsupported` Event.
+
+    Its kind is the field (`feed`, `comments`, `live_comments`, `mentions`, any other),
+    its raw JSON the whole change item. It is the page's event, not a conversation's (no
+    person): a comment's author is not someone the page messages, and comment threads
+    are their own model; the author being the page itself makes it outbound. The time
+    is `value.created_time` (seconds, or an ISO string in Graph's style), else the
+    entry's. The id is a digest of the field and the item, as
+    for id-less messaging items: a redelivery gets the same id, any other item another.
+    """
+    field = _text(change.get("field"))[:MAX_KIND] or "unknown"
+    raw_value = change.get("value")
+    value: Mapping[str, Any] = raw_value if isinstance(raw_value, Mapping) else {}
+    author = _party_id(value, "from")
+    event = events_pb2.Event(
+        id=event_digest(field, platform, page_id, change),
+        platform=platform,  # type: ignore[arg-type]
+        page_id=page_id,
+        user_id="",
+        direction=events_pb2.OUTBOUND if author == page_id else events_pb2.INBOUND,
+        raw_json=raw_json(change),
+        received_at_ms=received_at_ms,
+        unsupported=events_pb2.UnsupportedEvent(kind=field),
+    )
+    created_ms = _created_ms(value.get("created_time"))
+    event.timestamp_ms = created_ms or entry_time_ms or received_at_ms
+    return event
+
+
+def _created_ms(value: object) -> int | None:
+    """Graph's `created_time`: epoch seconds (a number or its digits) or an ISO 8601
+    string (`2026-05-07T14:10:45+0000`; without an offset it is UTC), as epoch ms."""
+    ms = to_ms(value)
+    if ms is not None or not isinstance(value, str):
+        return ms
+    try:
+        moment = datetime.fromisoformat(value.strip())
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        ms = int(moment.timestamp() * 1000)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return ms if 0 < ms <= _INT64_MAX else None
 
 
 def item_kind(item: Mapping[str, Any]) -> str:
@@ -290,7 +395,7 @@ def item_kind(item: Mapping[str, Any]) -> str:
             return key
     for key in item:
         if key not in _COMMON_KEYS and key not in _MODIFIER_KEYS:
-            return _clean(str(key))[:_KIND_MAX_CHARS] or "unknown"
+            return _clean(str(key))[:MAX_KIND] or "unknown"
     for key in item:
         if key in _MODIFIER_KEYS:
             return key
@@ -330,6 +435,8 @@ def to_ms(value: object) -> int | None:
     if isinstance(value, int):
         ms = value * 1000 if value < _SECONDS_BELOW else value
     elif isinstance(value, float) and math.isfinite(value):
+        if not 0 < value <= _INT64_MAX:
+            return None  # and -1e305 * 1000 would be -inf, which round() refuses
         ms = round(value * 1000) if value < _SECONDS_BELOW else int(value)
     else:
         return None
@@ -364,10 +471,11 @@ def event_digest(kind: str, platform: int, page_id: str, item: object) -> str:
 
 
 def _fill_message(target: events_pb2.MessageEvent, message: Mapping[str, Any]) -> None:
-    target.mid = _bounded(id_str(message.get("mid")), MAX_MID)
+    target.mid = id_str(message.get("mid"))
     target.text = _text(message.get("text"))
     target.is_echo = _flag(message.get("is_echo"))
-    target.app_id = id_str(message.get("app_id"))
+    # An app id no app could have reads as absent: the message is still the Page's.
+    target.app_id = _bounded(id_str(message.get("app_id")), MAX_APP_ID)
     target.metadata = _text(message.get("metadata"))
     target.is_deleted = _flag(message.get("is_deleted"))
     target.is_unsupported = _flag(message.get("is_unsupported"))
@@ -437,12 +545,12 @@ def _small_int(value: object) -> int:
 
 def _party_id(item: Mapping[str, Any], key: str) -> str:
     party = item.get(key)
-    return _bounded(id_str(party.get("id")), MAX_PARTY_ID) if isinstance(party, Mapping) else ""
+    return _bounded(id_str(party.get("id")), MAX_USER_ID) if isinstance(party, Mapping) else ""
 
 
 def _bounded(value: str, limit: int) -> str:
-    """An id no real Meta id could be (longer than the router stores) reads as absent, so
-    the item is kept raw instead of the router refusing the whole POST."""
+    """A page, person or app id no real Meta id could be (longer than the contract's
+    column) reads as absent: the item is then kept raw against the page."""
     return value if len(value) <= limit else ""
 
 

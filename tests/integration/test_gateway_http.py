@@ -17,7 +17,9 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2
+from prometheus_client import REGISTRY
 
+from pagewire.contract import MAX_EVENTS_PER_CALL
 from pagewire.kit.authz import Policy
 from pagewire.kit.grpcserver import GrpcService, start_server
 from pagewire.kit.logs import JsonFormatter
@@ -42,17 +44,29 @@ DASHBOARD_TEST = b'{"object":"page","entry":[{"messaging":[{"message":"TEST_MESS
 
 @dataclass
 class FakeRouter(router_pb2_grpc.RouterServiceServicer):
-    """Records every Ingest; can be told to fail (UNAVAILABLE) or to hang past the deadline."""
+    """Records every Ingest; can be told to fail (UNAVAILABLE) or to hang past the deadline,
+    to answer the next calls with given codes (`script`, one per call in order of arrival),
+    and to hold every call until `barrier` calls have arrived (proof they run at once)."""
 
     received: list[router_pb2.IngestRequest] = field(default_factory=list)
     mode: str = "ok"
     release: asyncio.Event = field(default_factory=asyncio.Event)
     service: GrpcService | None = None
+    script: list[grpc.StatusCode | None] = field(default_factory=list)
+    barrier: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def Ingest(  # noqa: N802 - the proto's name
         self, request: router_pb2.IngestRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.IngestResponse:
         self.received.append(request)
+        code = self.script.pop(0) if self.script else None
+        if self.barrier:
+            if len(self.received) >= self.barrier:
+                self.arrived.set()
+            await self.arrived.wait()
+        if code is not None:
+            await context.abort(code, f"{code.name} from the router (test)")
         if self.mode == "fail":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "router down (test)")
         if self.mode == "hang":
@@ -94,8 +108,12 @@ def fresh_router(router: FakeRouter) -> Iterator[None]:
     router.received.clear()
     router.mode = "ok"
     router.release = asyncio.Event()
+    router.script = []
+    router.barrier = 0
+    router.arrived = asyncio.Event()
     yield
     router.release.set()  # frees a handler a test left hanging
+    router.arrived.set()
 
 
 # ---------------------------------------------------------------- the gateway under test
@@ -216,7 +234,7 @@ def item_count(body: bytes) -> int:
     return sum(
         len(entry.get(key, []))
         for entry in json.loads(body)["entry"]
-        for key in ("messaging", "standby")
+        for key in ("messaging", "standby", "changes")
     )
 
 
@@ -618,3 +636,170 @@ async def test_a_healthy_post_logs_nothing_at_info(
         assert (await post(gateway, raw)).status_code == 200
     loud = [r for r in log_capture.records[before:] if r.levelno >= logging.INFO]
     assert loud == [], [r.getMessage() for r in loud]
+
+
+# ---------------------------------------------------------------- changes[], large POSTs, codes
+
+PAGE = "109384756201938"
+PLANTED = "planted customer text: my address is 12 Rue des Lilas"
+
+
+def webhooks_counted(outcome: str, platform: str = "facebook") -> float:
+    labels = {"platform": platform, "outcome": outcome}
+    return REGISTRY.get_sample_value("pagewire_webhooks_received_total", labels) or 0.0
+
+
+def messages_body(count: int, text: str = "hi") -> bytes:
+    items = [
+        {
+            "sender": {"id": str(7294015836620000 + n)},
+            "recipient": {"id": PAGE},
+            "timestamp": 1778163045000 + n,
+            "message": {"mid": f"m_bulk_{n}", "text": text},
+        }
+        for n in range(count)
+    ]
+    return json.dumps(
+        {"object": "page", "entry": [{"id": PAGE, "time": 1778163045612, "messaging": items}]}
+    ).encode()
+
+
+async def test_changes_items_are_forwarded_as_unsupported_events(
+    gateway: httpx.AsyncClient, router: FakeRouter
+) -> None:
+    comment = {
+        "field": "feed",
+        "value": {
+            "from": {"id": "6183920457712836", "name": "Ana"},
+            "item": "comment",
+            "verb": "add",
+            "message": "Is the blue one still available?",
+            "post_id": f"{PAGE}_901",
+            "comment_id": "901_4471",
+            "created_time": 1778163045,
+        },
+    }
+    mention = {"field": "mentions", "value": {"media_id": "1791", "comment_id": "1789"}}
+    body = json.dumps(
+        {"object": "page", "entry": [{"id": PAGE, "time": 1778163045612, "changes": [comment]}]}
+    ).encode()
+    ig_body = json.dumps(
+        {"object": "instagram", "entry": [{"id": "17841405822304914", "changes": [mention]}]}
+    ).encode()
+    assert (await post(gateway, body)).json() == {"status": "ok", "events": 1}
+    assert (await post(gateway, ig_body, IG)).json() == {"status": "ok", "events": 1}
+    feed, mentioned = router.events()
+    # The page's event: the commenter stays in the raw item.
+    assert (feed.unsupported.kind, feed.user_id, feed.timestamp_ms) == ("feed", "", 1778163045000)
+    assert json.loads(feed.raw_json) == comment
+    assert (mentioned.unsupported.kind, mentioned.user_id) == ("mentions", "")
+    assert mentioned.platform == events_pb2.INSTAGRAM
+    # Meta's retry of the same body carries the same ids.
+    await post(gateway, body)
+    assert router.events()[2].id == feed.id
+
+
+@pytest.fixture(scope="module")
+async def roomy_gateway(
+    router: FakeRouter, log_capture: LogCapture
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway whose caps let one POST carry 2,500 items."""
+    assert router.service is not None
+    environ = gateway_env(
+        router.service.port, GATEWAY_MAX_ITEMS="5000", GATEWAY_MAX_BODY_BYTES=str(4 * 1024 * 1024)
+    )
+    async with running_gateway(environ) as client:
+        yield client
+
+
+async def test_a_large_post_is_sent_as_concurrent_calls_of_at_most_the_contract_size(
+    roomy_gateway: httpx.AsyncClient, router: FakeRouter
+) -> None:
+    body = messages_body(2500)
+    # Each call is held until all three have arrived: calls sent one after the other
+    # would never get there, and the POST would time out with a 503.
+    router.barrier = 3
+    response = await post(roomy_gateway, body)
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "events": 2500}
+    sizes = sorted(len(r.events) for r in router.received)
+    assert sizes == [500, MAX_EVENTS_PER_CALL, MAX_EVENTS_PER_CALL]
+    assert sorted(e.id for e in router.events()) == sorted(f"m_bulk_{n}" for n in range(2500))
+
+
+async def test_one_failed_call_of_a_large_post_is_a_503(
+    roomy_gateway: httpx.AsyncClient, router: FakeRouter
+) -> None:
+    body = messages_body(2500)
+    router.script = [None, grpc.StatusCode.UNAVAILABLE, None]
+    response = await post(roomy_gateway, body)
+    assert response.status_code == 503
+    assert len(router.received) == 3
+    # Meta's retry: every call succeeds (the events already stored are duplicates).
+    assert (await post(roomy_gateway, body)).status_code == 200
+    assert len(router.received) == 6
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    ],
+    ids=lambda code: code.name,
+)
+async def test_router_errors_other_than_invalid_argument_are_503(
+    gateway: httpx.AsyncClient, router: FakeRouter, fixtures_dir: Path, code: grpc.StatusCode
+) -> None:
+    raw = (fixtures_dir / "meta" / "01_text_message.json").read_bytes()
+    before = webhooks_counted("unavailable")
+    router.script = [code]
+    response = await post(gateway, raw)
+    assert response.status_code == 503
+    assert response.json() == {"error": "router unavailable"}
+    assert webhooks_counted("unavailable") == before + 1
+
+
+async def test_invalid_argument_is_200_rejected_and_logged_without_customer_text(
+    gateway: httpx.AsyncClient, router: FakeRouter, log_capture: LogCapture
+) -> None:
+    body = messages_body(2, text=PLANTED)
+    before = webhooks_counted("rejected")
+    first_record = len(log_capture.records)
+    router.script = [grpc.StatusCode.INVALID_ARGUMENT]
+    response = await post(gateway, body)
+    assert response.status_code == 200
+    assert response.json() == {"status": "rejected", "events": 2}
+    assert webhooks_counted("rejected") == before + 1
+    records = log_capture.records[first_record:]
+    lines = log_capture.lines[first_record:]
+    [warning] = [r for r in records if r.levelno >= logging.WARNING]
+    assert warning.getMessage().startswith("router rejected a webhook")
+    assert getattr(warning, "detail", None) == "INVALID_ARGUMENT from the router (test)"
+    logged = json.loads(vars(warning)["body"])  # set through `extra`
+    item = logged["entry"][0]["messaging"][0]
+    assert item["message"]["mid"] == "m_bulk_0" and item["sender"]["id"] == "7294015836620000"
+    assert item["message"]["text"] == f"<redacted: {len(PLANTED)} chars>"
+    text = "\n".join(lines)
+    assert PLANTED not in text and "Rue des Lilas" not in text
+    assert "m_bulk_0" in text  # the redacted body is in the line, ids and all
+    # Meta's retry would meet the same refusal; nothing asks for one.
+    assert len(router.received) == 1
+
+
+async def test_a_rejected_call_among_several_is_still_200_rejected(
+    roomy_gateway: httpx.AsyncClient, router: FakeRouter
+) -> None:
+    router.script = [None, grpc.StatusCode.INVALID_ARGUMENT, None]
+    response = await post(roomy_gateway, messages_body(2500))
+    assert response.status_code == 200
+    assert response.json()["status"] == "rejected"
+    # Rejected and unavailable together: the retry can still store what was unavailable.
+    router.script = [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE, None]
+    assert (await post(roomy_gateway, messages_body(2500))).status_code == 503

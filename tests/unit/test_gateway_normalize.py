@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from pagewire import contract
+from pagewire.contract import Platform
 from pagewire.proto import events_pb2
 from services.gateway.normalize import (
     MAX_DEPTH,
@@ -283,6 +285,7 @@ def test_every_meta_fixture_gives_one_event_per_item(fixtures_dir: Path) -> None
             assert event.id and event.page_id and event.user_id, path.name
             assert event.platform in (FB, IG) and event.direction in (INBOUND, OUTBOUND)
             assert 1_700_000_000_000 < event.timestamp_ms < 1_900_000_000_000, path.name
+            assert contract.unstorable(event) is None, path.name
             event.SerializeToString()
 
 
@@ -299,6 +302,7 @@ def test_every_peer_body_normalizes(path: Path) -> None:
         assert event.page_id
         assert event.timestamp_ms > 1_000_000_000_000
         assert event.WhichOneof("kind") in KINDS
+        assert contract.unstorable(event) is None
         assert events_pb2.Event.FromString(event.SerializeToString()) == event
         json.loads(event.raw_json)
 
@@ -548,7 +552,8 @@ def test_standby_and_messaging_in_one_entry_both_count() -> None:
     }
     both = {"id": PAGE, "time": 1, "messaging": [a], "standby": [b], "changes": [{"field": "x"}]}
     events = normalize_envelope(envelope("page", both), received_at_ms=RECEIVED)
-    assert [(e.id, e.standby) for e in events] == [("m_a", False), ("m_b", True)]
+    assert [(e.id, e.standby) for e in events[:2]] == [("m_a", False), ("m_b", True)]
+    assert [e.unsupported.kind for e in events[2:]] == ["x"]
 
 
 @pytest.mark.parametrize(
@@ -557,7 +562,8 @@ def test_standby_and_messaging_in_one_entry_both_count() -> None:
         {"object": "page", "entry": [None, 1, "x", [], {"id": None}, {"id": {"x": 1}}]},
         {"object": "page", "entry": [{"id": PAGE, "messaging": {"not": "a list"}}]},
         {"object": "page", "entry": [{"id": PAGE, "messaging": [None, 1, "s", []]}]},
-        {"object": "page", "entry": [{"id": PAGE, "changes": [{"field": "feed"}]}]},
+        {"object": "page", "entry": [{"id": PAGE, "changes": [None, 1, "feed", []]}]},
+        {"object": "page", "entry": [{"id": PAGE, "changes": {"field": "feed"}}]},
         {"object": "user", "entry": [entry({"message": {"mid": "m"}})]},
         {"object": None, "entry": [entry({"message": {"mid": "m"}})]},
         {"object": "page"},
@@ -674,6 +680,8 @@ def test_randomly_mangled_fixtures_never_raise(fixtures_dir: Path) -> None:
     bodies = [
         json.loads(p.read_bytes()) for p in [*meta_files(fixtures_dir), *peer_files(fixtures_dir)]
     ]
+    bodies += [change_body(change) for change in CHANGES.values()]
+    bodies.append(envelope("page", {**entry(*OVERLONG_MID_ITEMS.values()), "changes": [FEED_ADD]}))
 
     def mangle(value: Any) -> Any:
         if isinstance(value, dict):
@@ -689,7 +697,8 @@ def test_randomly_mangled_fixtures_never_raise(fixtures_dir: Path) -> None:
         for body in bodies:
             mangled = mangle(copy.deepcopy(body))
             for event in normalize_envelope(mangled, received_at_ms=RECEIVED):
-                assert event.id
+                assert event.id and len(event.id) <= contract.MAX_EVENT_ID
+                assert contract.unstorable(event) is None
                 events_pb2.Event.FromString(event.SerializeToString())
 
 
@@ -854,8 +863,8 @@ def test_the_item_cap_is_checked_before_the_depth_walk() -> None:
 
 
 def test_platform_of() -> None:
-    assert platform_of({"object": "page"}) == FB
-    assert platform_of({"object": "instagram"}) == IG
+    assert platform_of({"object": "page"}) is Platform.FACEBOOK
+    assert platform_of({"object": "instagram"}) is Platform.INSTAGRAM
     assert platform_of({"object": "whatsapp_business_account"}) is None
     assert platform_of({"object": ["page"]}) is None
 
@@ -890,6 +899,8 @@ def test_the_platform_passed_in_wins_over_the_body() -> None:
         ("soon", None),
         (float("nan"), None),
         (float("inf"), None),
+        (-1.797693134862316e305, None),  # times 1000 is -inf: found by tests/fuzz
+        (1.797693134862316e305, None),
         (2**63, None),
         ([1], None),
     ],
@@ -1001,3 +1012,346 @@ def test_ids_longer_than_any_real_id_read_as_absent() -> None:
     [event] = normalize_envelope(envelope("page", entry(item)))
     assert event.user_id == "" and event.unsupported.kind == "message"
     assert len(event.id) <= 512
+
+
+# ---------------------------------------------------------------- changes[] (feed, comments, ...)
+
+COMMENTER = "6183920457712836"
+CREATED_S = 1778163045
+FEED_ADD = {
+    "field": "feed",
+    "value": {
+        "from": {"id": COMMENTER, "name": "Ana Morales"},
+        "post": {"status_type": "added_photos", "is_published": True, "id": f"{PAGE}_901"},
+        "message": "Is the blue one still available?",
+        "post_id": f"{PAGE}_901",
+        "comment_id": "901_4471",
+        "created_time": CREATED_S,
+        "item": "comment",
+        "parent_id": f"{PAGE}_901",
+        "verb": "add",
+    },
+}
+CHANGES: dict[str, dict[str, Any]] = {
+    "feed_comment_add": FEED_ADD,
+    "feed_comment_edited": {
+        "field": "feed",
+        "value": {
+            **FEED_ADD["value"],
+            "message": "Is the blue one still available in M?",
+            "verb": "edited",
+            "created_time": CREATED_S + 60,
+        },
+    },
+    "feed_comment_remove": {
+        "field": "feed",
+        "value": {
+            "from": {"id": COMMENTER, "name": "Ana Morales"},
+            "parent_id": f"{PAGE}_901",
+            "comment_id": "901_4471",
+            "post_id": f"{PAGE}_901",
+            "created_time": CREATED_S + 120,
+            "item": "comment",
+            "verb": "remove",
+        },
+    },
+    "feed_reaction": {
+        "field": "feed",
+        "value": {
+            "from": {"id": COMMENTER, "name": "Ana Morales"},
+            "post_id": f"{PAGE}_901",
+            "created_time": CREATED_S + 5,
+            "item": "reaction",
+            "parent_id": f"{PAGE}_901",
+            "reaction_type": "love",
+            "verb": "add",
+        },
+    },
+    "instagram_comment": {
+        "field": "comments",
+        "value": {
+            "from": {"id": IG_USER, "username": "ana.m"},
+            "media": {"id": "17990001", "media_product_type": "FEED"},
+            "id": "17865799348089039",
+            "text": "Love this colour",
+        },
+    },
+    "instagram_live_comment": {
+        "field": "live_comments",
+        "value": {
+            "from": {"id": IG_USER, "username": "ana.m"},
+            "media": {"id": "17990002", "media_product_type": "LIVE"},
+            "id": "17865799348089040",
+            "text": "hello from the live",
+        },
+    },
+    "instagram_mention": {
+        "field": "mentions",
+        "value": {"media_id": "17918195224117851", "comment_id": "17894227972186120"},
+    },
+    "unknown_field": {
+        "field": "story_insights",
+        "value": {"media_id": "17918195224117852", "impressions": 44, "reach": 30},
+    },
+}
+CHANGE_KINDS = {
+    "feed_comment_add": "feed",
+    "feed_comment_edited": "feed",
+    "feed_comment_remove": "feed",
+    "feed_reaction": "feed",
+    "instagram_comment": "comments",
+    "instagram_live_comment": "live_comments",
+    "instagram_mention": "mentions",
+    "unknown_field": "story_insights",
+}
+
+
+def change_body(*changes: Any, page: Any = None, time: Any = 1778163045612) -> dict[str, Any]:
+    """An envelope of one entry carrying `changes`: Instagram's for comments and mentions."""
+    first = changes[0] if changes else {}
+    instagram = isinstance(first, dict) and first.get("field") in (
+        "comments",
+        "live_comments",
+        "mentions",
+    )
+    obj, default_page = ("instagram", IG_ACCOUNT) if instagram else ("page", PAGE)
+    return envelope(
+        obj, {"id": default_page if page is None else page, "time": time, "changes": list(changes)}
+    )
+
+
+@pytest.mark.parametrize("name", list(CHANGES), ids=list(CHANGES))
+def test_every_change_item_becomes_one_unsupported_event(name: str) -> None:
+    change = CHANGES[name]
+    body = change_body(change)
+    [event] = normalize_envelope(body, received_at_ms=RECEIVED)
+    page = body["entry"][0]["id"]
+    assert event.WhichOneof("kind") == "unsupported"
+    assert event.unsupported.kind == CHANGE_KINDS[name]
+    assert json.loads(event.raw_json) == change
+    assert event.page_id == page
+    assert event.platform == (IG if body["object"] == "instagram" else FB)
+    assert event.id.startswith(CHANGE_KINDS[name] + ":")
+    assert not event.standby and event.received_at_ms == RECEIVED
+    assert contract.unstorable(event) is None
+    # The page's event, not a conversation's: the author stays in the raw item.
+    assert event.user_id == ""
+    assert event.direction == INBOUND
+    created = change["value"].get("created_time")
+    assert event.timestamp_ms == (created * 1000 if created else 1778163045612)
+    # Meta's redelivery of the same body gives the same id.
+    [again] = normalize_envelope(copy.deepcopy(body), received_at_ms=RECEIVED + 999)
+    assert again.id == event.id
+
+
+def test_distinct_change_items_get_distinct_ids() -> None:
+    events = [e for c in CHANGES.values() for e in normalize_envelope(change_body(c), platform=FB)]
+    assert len({e.id for e in events}) == len(CHANGES)
+    # The same comment on another page, or on the other platform, is another item too.
+    on_b = normalize_envelope(change_body(FEED_ADD, page=PAGE_B))[0]
+    as_ig = normalize_envelope(change_body(FEED_ADD), platform=IG)[0]
+    assert len({events[0].id, on_b.id, as_ig.id}) == 3
+
+
+def test_change_ids_ignore_key_order_and_the_entry_time() -> None:
+    reordered = {"value": dict(reversed(list(FEED_ADD["value"].items()))), "field": "feed"}
+    [a] = normalize_envelope(change_body(FEED_ADD, time=1), received_at_ms=RECEIVED)
+    [b] = normalize_envelope(change_body(reordered, time=2), received_at_ms=RECEIVED)
+    assert a.id == b.id
+
+
+def test_one_entry_mixing_messaging_standby_and_changes_gives_every_item() -> None:
+    message = {
+        "sender": {"id": USER},
+        "recipient": {"id": PAGE},
+        "timestamp": 1778163045000,
+        "message": {"mid": "m_mixed", "text": "hi"},
+    }
+    mixed = {
+        "id": PAGE,
+        "time": 1778163045612,
+        "messaging": [message],
+        "standby": [{**message, "message": {"mid": "m_standby"}}],
+        "changes": [FEED_ADD, CHANGES["feed_reaction"]],
+    }
+    events = normalize_envelope(envelope("page", mixed), received_at_ms=RECEIVED)
+    assert [(e.WhichOneof("kind"), e.id.split(":")[0]) for e in events] == [
+        ("message", "m_mixed"),
+        ("message", "m_standby"),
+        ("unsupported", "feed"),
+        ("unsupported", "feed"),
+    ]
+    assert len({e.id for e in events}) == 4
+
+
+def test_a_change_by_the_page_itself_is_outbound() -> None:
+    own = {"field": "feed", "value": {**FEED_ADD["value"], "from": {"id": PAGE, "name": "Shop"}}}
+    [event] = normalize_envelope(change_body(own))
+    assert event.user_id == "" and event.direction == OUTBOUND
+
+
+@pytest.mark.parametrize(
+    ("created", "expected"),
+    [
+        (CREATED_S, CREATED_S * 1000),
+        (str(CREATED_S), CREATED_S * 1000),
+        (float(CREATED_S), CREATED_S * 1000),
+        ("2026-05-07T14:10:45+0000", 1778163045000),
+        ("2026-05-07T14:10:45Z", 1778163045000),
+        ("2026-05-07T14:10:45", 1778163045000),  # no offset: Graph's times are UTC
+        ("2026-05-07T16:10:45+02:00", 1778163045000),
+        ("yesterday", 1778163045612),  # unusable: the entry's time
+        (None, 1778163045612),
+        ([1], 1778163045612),
+        ("0001-01-01T00:00:00+0000", 1778163045612),
+    ],
+)
+def test_change_time_is_created_time_else_the_entry_time(created: Any, expected: int) -> None:
+    change = {"field": "feed", "value": {"item": "status", "created_time": created}}
+    [event] = normalize_envelope(change_body(change), received_at_ms=RECEIVED)
+    assert event.timestamp_ms == expected
+
+
+def test_change_without_any_time_takes_the_time_of_receipt() -> None:
+    [event] = normalize_envelope(change_body({"field": "feed"}, time=None), received_at_ms=RECEIVED)
+    assert event.timestamp_ms == RECEIVED
+
+
+@pytest.mark.parametrize(
+    ("change", "kind", "user"),
+    [
+        ({}, "unknown", ""),
+        ({"value": {"from": {"id": COMMENTER}}}, "unknown", COMMENTER),
+        ({"field": None, "value": "x"}, "unknown", ""),
+        ({"field": 7, "value": [1]}, "unknown", ""),
+        ({"field": "", "value": None}, "unknown", ""),
+        ({"field": "f\x00eed"}, "f\ufffdeed", ""),
+        ({"field": "x" * 300}, "x" * contract.MAX_KIND, ""),
+        ({"field": "feed", "value": {"from": "someone"}}, "feed", ""),
+        ({"field": "feed", "value": {"from": {"id": 6183920457712836}}}, "feed", COMMENTER),
+        ({"field": "feed", "value": {"from": {"id": "7" * 129}}}, "feed", ""),
+        ({"field": "feed", "value": {"from": {"id": ["x"]}}}, "feed", ""),
+    ],
+)
+def test_odd_change_items_are_kept_raw(change: dict[str, Any], kind: str, user: str) -> None:
+    [event] = normalize_envelope(change_body(change), received_at_ms=RECEIVED)
+    assert event.unsupported.kind == kind
+    assert event.user_id == ""  # the page's event; `user` is only the raw item's author
+    assert user == "" or user in event.raw_json
+    assert json.loads(event.raw_json) == change
+    assert event.id.startswith(kind + ":") and len(event.id) <= contract.MAX_EVENT_ID
+    assert contract.unstorable(event) is None
+    events_pb2.Event.FromString(event.SerializeToString())
+
+
+# ---------------------------------------------------------------- the event contract
+
+LONG_MID = "m_" + "x" * contract.MAX_MID  # one character more than a mid may have
+OVERLONG_MID_ITEMS: dict[str, dict[str, Any]] = {
+    "delivery": {
+        "sender": {"id": USER},
+        "recipient": {"id": PAGE},
+        "delivery": {"mids": ["m_ok", LONG_MID], "watermark": 1778163045000},
+    },
+    "read": {
+        "sender": {"id": IG_USER},
+        "recipient": {"id": PAGE},
+        "timestamp": 1778163045000,
+        "read": {"mid": LONG_MID},
+    },
+    "reaction": {
+        "sender": {"id": USER},
+        "recipient": {"id": PAGE},
+        "timestamp": 1778163045000,
+        "reaction": {"mid": LONG_MID, "action": "react", "reaction": "love", "emoji": "❤"},
+    },
+    "edit": {
+        "sender": {"id": USER},
+        "recipient": {"id": PAGE},
+        "timestamp": 1778163045000,
+        "message_edit": {"mid": LONG_MID, "text": "fixed", "num_edit": 1},
+    },
+    "message": {
+        "sender": {"id": USER},
+        "recipient": {"id": PAGE},
+        "timestamp": 1778163045000,
+        "message": {"mid": "m_reply", "text": "yes", "reply_to": {"mid": LONG_MID}},
+    },
+    "postback": {
+        "sender": {"id": USER},
+        "recipient": {"id": PAGE},
+        "timestamp": 1778163045000,
+        "postback": {"mid": LONG_MID, "title": "Start", "payload": "GET_STARTED"},
+    },
+}
+
+
+@pytest.mark.parametrize("kind", list(OVERLONG_MID_ITEMS))
+def test_an_overlong_mid_is_demoted_and_kept_raw(kind: str) -> None:
+    item = OVERLONG_MID_ITEMS[kind]
+    told: list[tuple[str | None, str]] = []
+    [event] = normalize_envelope(
+        envelope("page", entry(item)),
+        received_at_ms=RECEIVED,
+        on_demoted=lambda e, reason: told.append((e.WhichOneof("kind"), reason)),
+    )
+    assert event.WhichOneof("kind") == "unsupported"
+    assert event.unsupported.kind == f"{kind}:invalid"
+    assert json.loads(event.raw_json) == item
+    assert event.page_id == PAGE and event.user_id == item["sender"]["id"]
+    assert event.timestamp_ms == 1778163045000
+    assert contract.unstorable(event) is None
+    assert len(event.id) <= contract.MAX_EVENT_ID
+    [(told_kind, reason)] = told
+    assert told_kind == kind
+    assert f"longer than {contract.MAX_MID}" in reason and LONG_MID not in reason
+    # The same item redelivered keeps its id.
+    [again] = normalize_envelope(envelope("page", entry(copy.deepcopy(item))))
+    assert again.id == event.id
+
+
+def test_a_mid_at_the_limit_is_kept() -> None:
+    mid = "m_" + "x" * (contract.MAX_MID - 2)
+    item = {**OVERLONG_MID_ITEMS["reaction"], "reaction": {"mid": mid, "action": "react"}}
+    [event] = normalize_envelope(envelope("page", entry(item)))
+    assert event.reaction.mid == mid
+
+
+def test_event_ids_fit_the_contract_even_for_a_long_message_mid() -> None:
+    mid = "m_" + "x" * 700  # longer than an event id may be
+    item = {"sender": {"id": USER}, "recipient": {"id": PAGE}, "message": {"mid": mid}}
+    deleted = {**item, "message": {"mid": "m_" + "x" * 506, "is_deleted": True}}
+    for one_item in (item, deleted):
+        [event] = normalize_envelope(envelope("page", entry(one_item)))
+        assert event.unsupported.kind == "message:invalid"
+        assert event.id.startswith("message:") and len(event.id) <= contract.MAX_EVENT_ID
+        assert contract.unstorable(event) is None
+
+
+def test_overlong_app_ids_read_as_absent_and_the_item_stays_what_it_is() -> None:
+    echo = {
+        "sender": {"id": PAGE},
+        "recipient": {"id": USER},
+        "timestamp": 1778163045000,
+        "message": {"mid": "m_echo", "is_echo": True, "app_id": 10**70, "text": "ok"},
+    }
+    handover = {
+        "sender": {"id": USER},
+        "recipient": {"id": PAGE},
+        "timestamp": 1778163045000,
+        "pass_thread_control": {"new_owner_app_id": "9" * 65, "previous_owner_app_id": "1"},
+    }
+    message, passed = normalize_envelope(envelope("page", entry(echo, handover)))
+    assert message.message.text == "ok" and message.message.app_id == ""
+    assert passed.handover.new_owner_app_id == "" and passed.handover.previous_owner_app_id == "1"
+
+
+def test_overlong_reaction_fields_are_demoted() -> None:
+    item = {
+        "sender": {"id": USER},
+        "recipient": {"id": PAGE},
+        "timestamp": 1778163045000,
+        "reaction": {"mid": "m_1", "action": "react", "emoji": "🙂" * 65},
+    }
+    [event] = normalize_envelope(envelope("page", entry(item)))
+    assert event.unsupported.kind == "reaction:invalid"
