@@ -398,10 +398,33 @@ async def messages_action(args: argparse.Namespace) -> str:
     return "" if args.json else f"{args.action_name} sent"
 
 
+async def router_status(args: argparse.Namespace) -> str:
+    """The apply stage's backlog: how much is acknowledged but not visible yet."""
+    reply = await _call(
+        "router",
+        router_pb2_grpc.RouterServiceStub,
+        "GetLogStatus",
+        router_pb2.GetLogStatusRequest(),
+    )
+    if args.json:
+        return dump_json(reply)  # type: ignore[arg-type]
+    age = reply.oldest_pending_age_ms / 1000  # type: ignore[attr-defined]
+    rows = [
+        (
+            str(reply.pending),  # type: ignore[attr-defined]
+            str(reply.leased),  # type: ignore[attr-defined]
+            f"{age:.1f}s" if reply.pending else "-",  # type: ignore[attr-defined]
+            str(reply.parked),  # type: ignore[attr-defined]
+            str(reply.failed),  # type: ignore[attr-defined]
+        )
+    ]
+    return table(rows, ("PENDING", "BEING APPLIED", "OLDEST PENDING", "PARKED", "FAILED"))
+
+
 async def events_tail(args: argparse.Namespace) -> str:
     """Prints an account's changes after a cursor, then new ones as they commit (Ctrl-C stops)."""
     target = grpc_target(os.environ, "router", PORTS["router"])
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with _security().channel(target, "router") as channel:
         call = router_pb2_grpc.RouterServiceStub(channel).StreamEvents(
             router_pb2.StreamEventsRequest(account_id=args.account, after_cursor=args.after)
         )
@@ -741,6 +764,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(message_actions, "action", messages_action, "typing_on, typing_off, mark_seen")
     conversation_args(sub)
     sub.add_argument("action_name", choices=("typing_on", "typing_off", "mark_seen"))
+
+    router = groups.add_parser("router", help="the router's event log")
+    command(
+        router.add_subparsers(dest="action", required=True),
+        "status",
+        router_status,
+        "pending (acknowledged, not visible yet), parked and failed log entries",
+    )
 
     events = groups.add_parser("events", help="the change feed")
     sub = command(

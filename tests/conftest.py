@@ -89,6 +89,17 @@ def database_url(pg_template: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def other_database_url(pg_template: str) -> Iterator[str]:
+    """A second fresh database for the same test (two runs that must not share rows)."""
+    name = f"pagewire_test_{RUN_ID}_{secrets.token_hex(3)}"
+    _admin(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    try:
+        yield _pg_url(name).replace("postgresql://", "postgresql+psycopg://")
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
 def redis_url() -> str:
     return TEST_REDIS
 

@@ -24,7 +24,7 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,6 +272,38 @@ def key_hash(key: str) -> str:
     """A short, stable digest of a conversation key: joins spans and logs of one
     conversation without naming the person in it."""
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def traceparent() -> str:
+    """The current span as a W3C `traceparent` ("" when not tracing): stored beside work
+    done later by another trace (an apply batch links back to the webhooks it applies)."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return ""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def links(parents: Iterable[str], limit: int = 32) -> list[trace.Link]:
+    """Span links to the `traceparent`s given (at most `limit`, malformed ones skipped)."""
+    out: list[trace.Link] = []
+    for value in dict.fromkeys(p for p in parents if p):
+        parts = value.split("-")
+        if len(parts) != 4:
+            continue
+        try:
+            context = trace.SpanContext(
+                int(parts[1], 16),
+                int(parts[2], 16),
+                is_remote=True,
+                trace_flags=trace.TraceFlags(int(parts[3], 16)),
+            )
+        except ValueError:
+            continue
+        if context.is_valid:
+            out.append(trace.Link(context))
+        if len(out) >= limit:
+            break
+    return out
 
 
 def capture() -> otel_context.Context:

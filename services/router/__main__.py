@@ -18,16 +18,16 @@ from pagewire.kit.tls import GrpcSecurity
 from pagewire.kit.tokens_client import TokenCache, TokensClient, cache_ttl_from_env
 from pagewire.proto import router_pb2_grpc, subscriptions_pb2_grpc
 from services.router.access import ROUTER_ACCESS, access_settings
+from services.router.apply import ApplySettings
+from services.router.assembly import build_router
 from services.router.config import RouterSettings
-from services.router.fencing import Fences
-from services.router.history import History
+from services.router.feed import FeedNotifier
 from services.router.mutex import ConversationLocks, LocalLocks, RedisLocks, redis_client
 from services.router.pages import PageDirectory
 from services.router.profiles import ProfileFetcher
 from services.router.readiness import router_watcher
-from services.router.routing import Router
 from services.router.send import Sender
-from services.router.server import SERVICE_NAME, RouterServiceServicer
+from services.router.server import SERVICE_NAME
 
 log = logging.getLogger("pagewire.router")
 
@@ -77,14 +77,7 @@ async def main() -> None:
         profiles = ProfileFetcher(
             session_factory, graph, vault, refresh_s=settings.profile_refresh_s
         )
-    router = Router(
-        session_factory,
-        locks,
-        pages,
-        fences=Fences(engine),
-        group_concurrency=settings.group_concurrency,
-        profiles=profiles,
-    )
+    notifier = FeedNotifier()
     sender = Sender(
         session_factory,
         locks,
@@ -92,11 +85,25 @@ async def main() -> None:
         graph,
         vault,
         app_id=graph.settings.app_id,
-        notifier=router.notifier,
+        notifier=notifier,
     )
-    servicer = RouterServiceServicer(
-        router, History(session_factory), session_factory, sender, pages=pages
+    router = build_router(
+        engine,
+        session_factory,
+        locks,
+        pages,
+        apply=ApplySettings(
+            batch=settings.apply_batch,
+            lease_ms=settings.apply_lease_ms,
+            workers=settings.apply_workers,
+            idle_poll_s=settings.apply_idle_poll_s,
+        ),
+        sender=sender,
+        profiles=profiles,
+        notifier=notifier,
+        parked_sweep_s=settings.parked_sweep_s,
     )
+    servicer = router.servicer
 
     async def close_channel() -> None:
         if profiles is not None:
@@ -121,9 +128,12 @@ async def main() -> None:
         credentials=security.server_credentials(),
         health_port=security.health_port,
     )
-    # Readiness follows PostgreSQL and Redis; stopped first among the closers.
-    watcher = router_watcher(service.health, SERVICE_NAME, settings, locks)
+    # Readiness follows what the ACK needs (PostgreSQL); stopped first among the closers,
+    # after the background work (apply workers, sweep) that the server no longer feeds.
+    watcher = router_watcher(service.health, SERVICE_NAME, settings)
+    service.closers.append(router.stop)
     service.closers.append(watcher.stop)
+    router.start()
     watcher.start()
     await serve_until_signal(service, drain=settings.drain_s, grace=settings.grace_s)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pagewire.contract import Platform
 from pagewire.kit.authz import (
     GATEWAY,
     OPERATORS,
@@ -21,7 +22,7 @@ from pagewire.kit.authz import (
 )
 from pagewire.kit.principal import Principal
 from pagewire.proto import events_pb2, router_pb2
-from services.router.pages import PageDirectory
+from services.router.parking import Pages
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
@@ -46,6 +47,8 @@ ROUTER_ACCESS = AccessTable(
         # Acting as the Page through Graph: operators and senders, for their accounts.
         "SendMessage": allow(OPERATORS, SENDERS, accounts=True),
         "SendAction": allow(OPERATORS, SENDERS, accounts=True),
+        # The apply stage's backlog (`pagewire router status`): operators.
+        "GetLogStatus": allow(OPERATORS),
     },
 )
 
@@ -67,23 +70,23 @@ def access_settings(environ: Mapping[str, str]) -> AccessSettings:
 class PageOwners:
     """Answers "may this principal reach this page?" from the page's current account."""
 
-    def __init__(self, pages: PageDirectory) -> None:
+    def __init__(self, pages: Pages) -> None:
         self._pages = pages
 
     async def require(self, principal: Principal, platform: int, page_id: str) -> None:
         """AccountDenied unless every platform's connection of the page is the principal's.
 
-        A page no account owns (not connected) is refused to a limited principal: it
-        would otherwise learn which pages the router holds events for.
+        A page no account owns (not connected), or one nobody can vouch for right now, is
+        refused to a limited principal: it would otherwise learn which pages exist.
         """
         if principal.every_account:
             return
         platforms = (
-            [platform]
+            [Platform.from_proto(platform)]
             if platform != events_pb2.PLATFORM_UNSPECIFIED
-            else [events_pb2.FACEBOOK, events_pb2.INSTAGRAM]
+            else list(Platform)
         )
-        owners = [await self._pages.account_for(p, page_id) for p in platforms]
-        known = [o for o in owners if o is not None]
-        if not known or not all(principal.may(o) for o in known):
+        owners, unresolved = await self._pages.resolve((p.value, page_id) for p in platforms)
+        known = [o for o in owners.values() if o is not None]
+        if unresolved or not known or not all(principal.may(o) for o in known):
             raise principal.deny_page(page_id)

@@ -1,484 +1,427 @@
-"""Applying one conversation's events inside its transaction, whatever order they came in.
+"""The apply stage: log entries into conversations, a batch at a time, in every replica.
 
-Every kind is written so the final state is a function of the set of events,
-not of their order (guarantee 4):
+A worker claims the oldest pending entries (many conversations per batch) for a
+lease, takes one fence, then the batch's conversation locks in one pipelined
+round trip without waiting — a conversation whose lock is busy is given back for
+the holder or the next batch, never waited on — and applies everything it holds
+in one transaction: the page accounts (share-locked), the conversations (row
+locks, fence checked), what the batch's mids already have, then one statement
+per table for the whole batch (services/router/planner.py decides, the store
+writes). It marks the entries applied or parked, appends the feed, commits,
+releases the locks in a second round trip and wakes the change feed.
 
-- a message's text is its newest edit (highest num_edit, then timestamp, then
-  event id) or its original; an unsend wins over everything and drops the text;
-- edits, reactions and receipt marks aimed at a mid are kept even when that
-  mid is not stored yet, and a message looks them up when it arrives;
-- watermarks only move forward, and a message arriving under a watermark is
-  stored with the status the watermark gives it;
-- a person's reaction is the newest reaction event; the thread owner is the
-  newest handover.
+A replica that dies with a claimed batch loses it after the lease: the entries
+are pending again for whoever claims next, and applying them twice changes
+nothing (every write is idempotent, every fold order-independent).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import and_, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from opentelemetry import context as otel_context
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from pagewire.kit.db import insert_ignoring
-from pagewire.kit.db import upsert_insert as dialect_insert
+from pagewire.kit import telemetry
+from pagewire.kit.db import unavailable_reason
+from pagewire.kit.errors import PagewireError
+from pagewire.kit.timeutil import now_ms
 from pagewire.proto import events_pb2
-from services.router.store import (
-    Conversation,
-    EventLog,
-    Message,
-    MessageEdit,
-    MessageMark,
-    Reaction,
-    insert_ignoring_duplicates,
+from services.router import metrics, parking
+from services.router.feed import FeedNotifier
+from services.router.keys import key_of, lock_name
+from services.router.mutex import ConversationLocks
+from services.router.planner import (
+    ConversationState,
+    Entry,
+    Key,
+    MessageRef,
+    mids_of,
+    plan_batch,
 )
+from services.router.profiles import ProfileFetcher
+from services.router.store import feed as store_feed
+from services.router.store import log as store_log
+from services.router.store import pages as store_pages
+from services.router.store import state
+from services.router.store.fences import next_fence
 
-DELIVERED, READ, DELETED = "delivered", "read", "deleted"
-# Every column of a stored message, so each insert has the same shape (one cached statement).
-_MESSAGE_DEFAULTS: dict[str, object] = {
-    "attachments_json": "[]",
-    "is_echo": False,
-    "app_id": "",
-    "metadata": "",
-    "quick_reply_payload": "",
-    "reply_to_mid": "",
-    "payload": "",
-    "is_unsupported": False,
-    "reply_to_story_url": "",
-    "referral_json": "",
-    "error_code": 0,
-    "error_subcode": 0,
-    "error_message": "",
-    "idempotency_key": "",
-}
-# What the person does that opens the Send API's messaging window (receipts do not).
-_USER_ACTIONS = {"message", "postback", "reaction", "referral", "optin"}
+log = logging.getLogger("pagewire.router.apply")
+tracer = telemetry.tracer("pagewire.router.apply")
+
+# A test hook between taking the fence and writing: where a stalled holder stalls.
+BeforeWrite = Callable[[Sequence[Key], int], Awaitable[None]]
+
+# How long a busy conversation's entries wait before the next claim may take them.
+BUSY_RETRY_MS = 100
+
+
+@dataclass(frozen=True)
+class ApplySettings:
+    batch: int = 500
+    lease_ms: int = 30_000
+    workers: int = 2
+    idle_poll_s: float = 0.5
 
 
 @dataclass
-class Applied:
-    """What one group's transaction did: counts, and the changes for the account's feed."""
+class BatchResult:
+    """What one batch came to."""
 
-    stored: int = 0
-    duplicates: int = 0
-    # (kind, conversation id, message id, event row id) in the order they happened.
-    changes: list[tuple[str, int | None, int | None, int | None]] = field(default_factory=list)
-
-    def change(
-        self,
-        kind: str,
-        conversation: int | None,
-        message: int | None = None,
-        event_row: int | None = None,
-    ) -> None:
-        self.changes.append((kind, conversation, message, event_row))
-
-
-def event_kind(event: events_pb2.Event) -> str:
-    """The stored kind: the oneof's name, or the unsupported item's own key."""
-    kind = event.WhichOneof("kind") or "unsupported"
-    return event.unsupported.kind if kind == "unsupported" else kind
-
-
-def _attachments_json(message: events_pb2.MessageEvent) -> str:
-    return json.dumps(
-        [
-            {
-                "type": a.type,
-                "url": a.url,
-                "title": a.title,
-                "sticker_id": a.sticker_id,
-                "payload_json": a.payload_json,
-            }
-            for a in message.attachments
-        ],
-        ensure_ascii=False,
-    )
+    claimed: int = 0
+    applied: int = 0
+    parked: int = 0
+    released: int = 0  # busy, stale or unresolvable: given back
 
 
 class Applier:
-    """Writes one group's events in one session; the caller holds the lock and the fence."""
+    """Claims, locks, fences and applies batches of log entries."""
 
     def __init__(
-        self, session: AsyncSession, conversation: Conversation | None, platform: str, now: int
+        self,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        locks: ConversationLocks,
+        pages: parking.Pages,
+        *,
+        settings: ApplySettings = ApplySettings(),
+        notifier: FeedNotifier | None = None,
+        profiles: ProfileFetcher | None = None,
+        clock: Callable[[], int] = now_ms,
+        before_write: BeforeWrite | None = None,
     ) -> None:
-        self.s = session
-        self.conv = conversation
-        self.platform = platform
-        self.page_id = conversation.page_id if conversation else ""
-        self.now = now
-        self.out = Applied()
-        # Marks and edits of the group's mids, read once up front and kept current as the
-        # group writes them, instead of a query per message.
-        self._mark_cache: dict[str, set[str]] = {}
-        self._edit_cache: dict[str, list[tuple[int, int, str, str]]] = {}
+        self._engine = engine
+        self._sessions = sessions
+        self._locks = locks
+        self._pages = pages
+        self.settings = settings
+        self.notifier = notifier or FeedNotifier()
+        self._profiles = profiles
+        self._clock = clock
+        self._before_write = before_write
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.stale_writes = 0
+        # Batches claimed and not finished (their follow-ups included): tests wait on it.
+        self.in_flight = 0
 
-    async def apply_all(self, events: list[events_pb2.Event]) -> None:
-        """Logs the group's events in one statement (their unique ids make redelivery a
-        no-op), then applies each newly logged one in order."""
-        if not events:
-            return
-        rows = [
-            {
-                "platform": self.platform,
-                "page_id": event.page_id,
-                "user_id": event.user_id,
-                "event_id": event.id,
-                "kind": event_kind(event),
-                "direction": events_pb2.Direction.Name(event.direction),
-                "timestamp_ms": event.timestamp_ms,
-                "conversation_id": self.conv.id if self.conv else None,
-                "standby": event.standby,
-                "raw_json": event.raw_json,
-                "received_at_ms": event.received_at_ms,
-                "stored_at_ms": self.now,
-            }
-            for event in events
-        ]
-        logged = await insert_ignoring(
-            self.s, EventLog.__table__, rows, returning=("event_id", "id")
-        )
-        new = {event_id: row_id for event_id, row_id in logged}
-        self.page_id = events[0].page_id
-        await self._prefetch(events)
-        for event in events:
-            # pop: the same id twice in one call is stored once, counted once as a duplicate.
-            row_id = new.pop(event.id, None)
-            if row_id is None:
-                self.out.duplicates += 1
+    # -- running ------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Something was appended or unparked: idle workers look at once."""
+        self._wakeup.set()
+
+    def start(self) -> None:
+        for number in range(self.settings.workers):
+            self._tasks.append(asyncio.create_task(self._work(), name=f"apply-{number}"))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _work(self) -> None:
+        failures = 0
+        while not self._stopping:
+            try:
+                result = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                reason = unavailable_reason(exc) or (
+                    str(exc) if isinstance(exc, PagewireError) else None
+                )
+                if reason is None:
+                    log.exception("apply batch failed")
+                elif failures == 1:
+                    log.warning("apply stage waiting for a dependency", extra={"reason": reason})
+                await self._idle(min(5.0, self.settings.idle_poll_s * 2**failures))
                 continue
-            self.out.stored += 1
-            await self._apply_one(event, row_id)
+            if failures:
+                log.info("apply stage running again")
+            failures = 0
+            if result.applied + result.parked == 0:
+                await self._idle(self.settings.idle_poll_s)
 
-    async def _apply_one(self, event: events_pb2.Event, row_id: int) -> None:
-        conv = self.conv
-        if conv is None:
-            self.out.change("EVENT_STORED", None, event_row=row_id)
-            return
-        conv.last_event_ms = max(conv.last_event_ms, event.timestamp_ms)
-        which = event.WhichOneof("kind")
-        if event.direction == events_pb2.INBOUND and which in _USER_ACTIONS:
-            conv.last_inbound_ms = max(conv.last_inbound_ms, event.timestamp_ms)
-        if which == "message" and event.message.is_deleted:
-            await self._unsend(event.message.mid or event.id)
-        elif which == "message":
-            await self._message(event)
-        elif which == "postback":
-            await self._message(event)
-        elif which == "edit":
-            await self._edit(event)
-        elif which == "reaction":
-            await self._reaction(event)
-        elif which == "delivery":
-            await self._delivery(event.delivery)
-        elif which == "read":
-            await self._read(event.read)
-        else:
-            if which == "handover":
-                self._handover(event)
-            self.out.change("EVENT_STORED", conv.id, event_row=row_id)
+    async def _idle(self, seconds: float) -> None:
+        """Until woken, or `seconds` pass (entries another replica appended, leases out)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+        self._wakeup.clear()
 
-    # -- messages -----------------------------------------------------------------------
+    # -- one batch ----------------------------------------------------------------------
 
-    async def _prefetch(self, events: list[events_pb2.Event]) -> None:
-        mids: set[str] = set()
-        for event in events:
-            which = event.WhichOneof("kind")
-            if which == "message":
-                mids.add(event.message.mid or event.id)
-            elif which == "postback":
-                mids.add(event.postback.mid or event.id)
-            elif which == "edit":
-                mids.add(event.edit.mid)
-            elif which == "delivery":
-                mids.update(event.delivery.mids)
-            elif which == "read" and event.read.mid:
-                mids.add(event.read.mid)
-        mids.discard("")
-        if not mids:
-            return
-        for mid in mids:
-            self._mark_cache[mid] = set()
-            self._edit_cache[mid] = []
-        wanted = list(mids)
-        marks = await self.s.execute(
-            select(MessageMark.mid, MessageMark.mark).where(
-                MessageMark.platform == self.platform,
-                MessageMark.page_id == self.page_id,
-                MessageMark.mid.in_(wanted),
+    async def run_once(self) -> BatchResult:
+        """Claims and applies one batch; what it came to (nothing claimed: all zero)."""
+        now = self._clock()
+        async with self._sessions() as session, session.begin():
+            claimed = await store_log.claim(
+                session, self.settings.batch, now, self.settings.lease_ms
             )
-        )
-        for mid, mark in marks.all():
-            self._mark_cache[mid].add(mark)
-        edits = await self.s.execute(
-            select(
-                MessageEdit.mid,
-                MessageEdit.num_edit,
-                MessageEdit.timestamp_ms,
-                MessageEdit.event_id,
-                MessageEdit.text,
-            ).where(
-                MessageEdit.platform == self.platform,
-                MessageEdit.page_id == self.page_id,
-                MessageEdit.mid.in_(wanted),
-            )
-        )
-        for mid, num_edit, timestamp_ms, event_id, text in edits.all():
-            self._edit_cache[mid].append((num_edit, timestamp_ms, event_id, text))
+        result = BatchResult(claimed=len(claimed))
+        if not claimed:
+            return result
+        self.in_flight += 1
+        try:
+            try:
+                await self._run(claimed, result)
+            except Exception as exc:
+                if unavailable_reason(exc) is not None or isinstance(exc, PagewireError):
+                    raise  # a dependency is down: the whole batch waits for it
+                log.exception("apply batch failed; applying its entries one by one")
+                await self._isolate(claimed, result)
+        finally:
+            self.in_flight -= 1
+        return result
 
-    async def _marks(self, mid: str) -> set[str]:
-        cached = self._mark_cache.get(mid)
-        if cached is not None:
-            return cached
-        rows = await self.s.execute(
-            select(MessageMark.mark).where(
-                MessageMark.platform == self.platform,
-                MessageMark.page_id == self.page_id,
-                MessageMark.mid == mid,
-            )
-        )
-        return set(rows.scalars())
+    async def _isolate(self, claimed: Sequence[store_log.Claimed], result: BatchResult) -> None:
+        """A batch the database refused for a reason that will not go away (a value, a bug):
+        each entry alone, and the ones that still fail are kept as `failed` — raw item and
+        all, listed by ListEvents, counted — so one entry never stalls the apply stage."""
+        for item in claimed:
+            alone = BatchResult(claimed=1)
+            try:
+                await self._run([item], alone)
+            except Exception as exc:
+                if unavailable_reason(exc) is not None or isinstance(exc, PagewireError):
+                    raise
+                metrics.APPLY_FAILED.inc()
+                log.warning(
+                    "log entry kept as failed: the database refuses to apply it",
+                    extra={"row_id": item.row_id, "error": type(exc).__name__},
+                )
+                async with self._sessions() as session, session.begin():
+                    await store_log.settle(
+                        session, [(item.row_id, store_log.FAILED, None, 0)], self._clock()
+                    )
+            result.applied += alone.applied
+            result.parked += alone.parked
+            result.released += alone.released
 
-    async def _mark(self, mid: str, mark: str) -> None:
-        await self.s.execute(
-            insert_ignoring_duplicates(self.s, MessageMark).values(
-                platform=self.platform, page_id=self.page_id, mid=mid, mark=mark
-            )
-        )
-        if mid in self._mark_cache:
-            self._mark_cache[mid].add(mark)
+    async def _run(self, claimed: Sequence[store_log.Claimed], result: BatchResult) -> None:
+        # Its own trace, linked to each webhook whose events it applies.
+        with tracer.start_as_current_span(
+            "apply batch",
+            context=otel_context.Context(),
+            attributes={"pagewire.entries": len(claimed)},
+            links=telemetry.links(c.trace_parent for c in claimed),
+        ):
+            try:
+                await self._apply(claimed, result)
+            except BaseException:
+                # Nothing of the batch committed: give the entries back at once rather than
+                # after the lease (a crash of the whole process is what the lease is for).
+                with contextlib.suppress(Exception):
+                    async with self._sessions() as session, session.begin():
+                        await store_log.release(session, [c.row_id for c in claimed])
+                raise
 
-    async def _message(self, event: events_pb2.Event) -> None:
-        conv = self.conv
-        assert conv is not None
-        outbound = event.direction == events_pb2.OUTBOUND
-        if event.WhichOneof("kind") == "postback":
-            postback = event.postback
-            mid, kind, text = postback.mid or event.id, "postback", postback.title
-            values = {"payload": postback.payload, "referral_json": postback.referral_json}
-        else:
-            message = event.message
-            mid, kind, text = message.mid or event.id, "message", message.text
-            values = {
-                "attachments_json": _attachments_json(message),
-                "is_echo": message.is_echo,
-                "app_id": message.app_id,
-                "metadata": message.metadata,
-                "quick_reply_payload": message.quick_reply_payload,
-                "reply_to_mid": message.reply_to_mid,
-                "is_unsupported": message.is_unsupported,
-                "reply_to_story_url": message.reply_to_story_url,
-                "referral_json": message.referral_json,
-            }
-        marks = await self._marks(mid)
-        status = "RECEIVED"
-        if outbound:
-            if READ in marks or conv.read_watermark_ms >= event.timestamp_ms:
-                status = "READ"
-            elif DELIVERED in marks or conv.delivery_watermark_ms >= event.timestamp_ms:
-                status = "DELIVERED"
+    async def _apply(self, claimed: Sequence[store_log.Claimed], result: BatchResult) -> None:
+        groups: dict[Key, list[Entry]] = {}
+        stored_at: dict[int, int] = {}
+        for item in claimed:
+            event = events_pb2.Event.FromString(item.event or b"")
+            stored_at[item.row_id] = item.stored_at_ms
+            groups.setdefault(key_of(event), []).append(Entry(item.row_id, event))
+        accounts, unresolved = await self._pages.resolve({(k[0], k[1]) for k in groups})
+        outcomes: list[tuple[int, str, int | None, int]] = []
+        release_at = self._clock() + BUSY_RETRY_MS
+
+        def give_back(entries: Sequence[Entry], delay: bool = True) -> None:
+            for entry in entries:
+                outcomes.append((entry.row_id, store_log.PENDING, None, release_at if delay else 0))
+            result.released += len(entries)
+
+        to_park: dict[Key, list[Entry]] = {}
+        to_apply: dict[Key, list[Entry]] = {}
+        for key, entries in groups.items():
+            page = (key[0], key[1])
+            if page in unresolved:
+                give_back(entries)
+            elif accounts.get(page) is None:
+                to_park[key] = entries
             else:
-                status = "SENT"
-        deleted = DELETED in marks
-        current = "" if deleted else await self._latest_edit_text(mid, default=text)
-        if deleted:
-            values["attachments_json"] = "[]"
-        row = {**_MESSAGE_DEFAULTS, **values}
-        row.update(
-            conversation_id=conv.id,
-            platform=self.platform,
-            page_id=self.page_id,
-            mid=mid,
-            kind=kind,
-            direction=events_pb2.Direction.Name(event.direction),
-            text=current,
-            original_text="" if deleted else text,
-            deleted=deleted,
-            timestamp_ms=event.timestamp_ms,
-            status=status,
-            standby=event.standby,
-            created_at_ms=self.now,
+                to_apply[key] = entries
+        fence = await next_fence(self._engine)
+        names = {lock_name(key): key for key in to_apply if key[2]}
+        held = await self._locks.try_many(list(names), fence) if names else {}
+        for name, key in names.items():
+            if name not in held:
+                metrics.APPLY_BUSY.inc()
+                give_back(to_apply.pop(key))
+        renew = asyncio.create_task(self._keep(held)) if held else None
+        try:
+            if self._before_write is not None:
+                await self._before_write(list(to_apply), fence)
+            touched = await self._write(to_apply, to_park, accounts, fence, outcomes, result)
+        finally:
+            if renew is not None:
+                renew.cancel()
+            await self._locks.release_many(held)
+        now = self._clock()
+        for row_id, state_name, _, _ in outcomes:
+            if state_name == store_log.APPLIED:
+                metrics.APPLY_LAG.observe(max(0, now - stored_at[row_id]) / 1000)
+        metrics.APPLY_BATCHES.labels("applied" if result.applied else "idle").inc()
+        metrics.APPLIED.inc(result.applied)
+        self.notifier.notify_all(touched)
+        if self._profiles is not None:
+            for platform, page_id, user_id in to_apply:
+                if user_id:
+                    self._profiles.schedule(platform, page_id, user_id)
+        telemetry.annotate(
+            applied=result.applied, parked=result.parked, released=result.released, fence=fence
         )
-        inserted = await insert_ignoring(self.s, Message.__table__, [row], returning=("id",))
-        message_id = inserted[0][0] if inserted else None
-        if message_id is None:
-            return  # the mid is already stored (for example our own send, matched by its echo)
-        conv.message_count += 1
-        self.out.change("MESSAGE_CREATED", conv.id, message_id)
-        if outbound and READ in marks:
-            # Instagram's read names a message: everything up to it was seen too.
-            await self._advance_read(event.timestamp_ms)
 
-    async def _latest_edit_text(self, mid: str, default: str) -> str:
-        """The text of the newest edit: highest num_edit, then timestamp, then event id."""
-        edits = self._edit_cache.get(mid)
-        if edits is None:
-            rows = await self.s.execute(
-                select(
-                    MessageEdit.num_edit,
-                    MessageEdit.timestamp_ms,
-                    MessageEdit.event_id,
-                    MessageEdit.text,
-                ).where(
-                    MessageEdit.platform == self.platform,
-                    MessageEdit.page_id == self.page_id,
-                    MessageEdit.mid == mid,
+    async def _keep(self, held: dict[str, str]) -> None:
+        """Renews the batch's locks every third of their lifetime while it works; a stalled
+        process stalls this too, so its locks expire and the fence guards what it writes."""
+        while True:
+            await asyncio.sleep(
+                self._locks.renew_period_s
+            )  # a renewal period, not a synchronisation
+            with contextlib.suppress(PagewireError):
+                await self._locks.renew_many(held)
+
+    async def _write(
+        self,
+        to_apply: dict[Key, list[Entry]],
+        to_park: dict[Key, list[Entry]],
+        accounts: dict[tuple[str, str], str | None],
+        fence: int,
+        outcomes: list[tuple[int, str, int | None, int]],
+        result: BatchResult,
+    ) -> set[str]:
+        """The batch's transaction; the accounts whose feed it changed."""
+        now = self._clock()
+        async with self._sessions() as session, session.begin():
+            pages = {(k[0], k[1]) for k in (*to_apply, *to_park)}
+            await parking.park_lock(session, {(k[0], k[1]) for k in to_park})
+            current = await store_pages.accounts(session, pages, share=True)
+            for key in list(to_apply):
+                account = current.get((key[0], key[1]))
+                if account is None:  # purged or disconnected meanwhile: park
+                    to_park[key] = to_apply.pop(key)
+                else:
+                    accounts[(key[0], key[1])] = account
+            for key in list(to_park):
+                if (key[0], key[1]) in current:  # connected meanwhile: next batch
+                    for entry in to_park.pop(key):
+                        outcomes.append((entry.row_id, store_log.PENDING, None, 0))
+                        result.released += 1
+            conversations = await self._conversations(session, to_apply, accounts, now)
+            for key in [k for k in to_apply if k[2]]:
+                conv = conversations[key]
+                if conv.fence > fence:
+                    # A newer holder wrote here: this batch's lock expired while it
+                    # stalled. Give its entries back; the next batch takes a new fence.
+                    self.stale_writes += 1
+                    metrics.STALE_WRITES.inc()
+                    log.warning(
+                        "stale batch's write refused; its entries go to the next batch",
+                        extra={"fence": fence, "newer_fence": conv.fence},
+                    )
+                    for entry in to_apply.pop(key):
+                        outcomes.append((entry.row_id, store_log.PENDING, None, 0))
+                        result.released += 1
+            mids = {
+                (k[0], k[1], mid)
+                for k, entries in to_apply.items()
+                for mid in mids_of([e.event for e in entries])
+            }
+            known = await state.known(session, mids)
+            plan = plan_batch(
+                to_apply,
+                conversations,
+                {p: a for p, a in accounts.items() if a is not None},
+                known,
+                now,
+            )
+            new_ids, status_changed = await state.write_plan(session, plan, fence)
+            for row_id, conversation_id in plan.applied:
+                outcomes.append((row_id, store_log.APPLIED, conversation_id, 0))
+            for entries in to_park.values():
+                for entry in entries:
+                    outcomes.append((entry.row_id, store_log.PARKED, None, 0))
+            result.applied = len(plan.applied)
+            result.parked = sum(len(e) for e in to_park.values())
+            await store_log.settle(session, outcomes, now)
+            changes = _resolved(plan.changes, new_ids)
+            for message_id, conversation_id in status_changed:
+                account = plan.conversations[conversation_id].account_id
+                changes.setdefault(account, []).append(
+                    ("MESSAGE_STATUS_CHANGED", conversation_id, message_id, None)
                 )
-            )
-            edits = [tuple(row) for row in rows.all()]  # type: ignore[misc]
-        return max(edits)[3] if edits else default
+            await store_feed.record(session, changes, now)
+        for key, entries in to_park.items():
+            metrics.PARKED.labels(key[0].lower()).inc(len(entries))
+        return set(changes)
 
-    async def _stored_message(self, mid: str) -> Message | None:
-        return (
-            await self.s.execute(
-                select(Message).where(
-                    Message.platform == self.platform,
-                    Message.page_id == self.page_id,
-                    Message.mid == mid,
-                )
-            )
-        ).scalar_one_or_none()
+    async def _conversations(
+        self,
+        session: AsyncSession,
+        to_apply: dict[Key, list[Entry]],
+        accounts: dict[tuple[str, str], str | None],
+        now: int,
+    ) -> dict[Key, ConversationState]:
+        keys = sorted(k for k in to_apply if k[2])
+        found = await state.lock_conversations(session, keys)
+        missing = {k: accounts[(k[0], k[1])] or "" for k in keys if k not in found}
+        if missing:
+            found.update(await state.create_conversations(session, missing, now))
+            # A key another writer created meanwhile (the lock says it cannot; be sure).
+            late = [k for k in missing if k not in found]
+            found.update(await state.lock_conversations(session, late))
+        return found
 
-    async def _edit(self, event: events_pb2.Event) -> None:
-        edit = event.edit
-        deleted = DELETED in await self._marks(edit.mid)
-        await self.s.execute(
-            insert_ignoring_duplicates(self.s, MessageEdit).values(
-                platform=self.platform,
-                page_id=self.page_id,
-                mid=edit.mid,
-                event_id=event.id,
-                num_edit=edit.num_edit,
-                text="" if deleted else edit.text,
-                timestamp_ms=event.timestamp_ms,
-            )
-        )
-        if edit.mid in self._edit_cache:
-            self._edit_cache[edit.mid].append(
-                (edit.num_edit, event.timestamp_ms, event.id, "" if deleted else edit.text)
-            )
-        message = await self._stored_message(edit.mid)
-        if message is None or message.deleted:
-            return
-        message.text = await self._latest_edit_text(edit.mid, default=message.original_text)
-        self.out.change("MESSAGE_EDITED", message.conversation_id, message.id)
 
-    async def _unsend(self, mid: str) -> None:
-        await self._mark(mid, DELETED)
-        await self.s.execute(
-            update(MessageEdit)
-            .where(
-                MessageEdit.platform == self.platform,
-                MessageEdit.page_id == self.page_id,
-                MessageEdit.mid == mid,
-            )
-            .values(text="")
-        )
-        if mid in self._edit_cache:
-            self._edit_cache[mid] = [(n, t, e, "") for n, t, e, _ in self._edit_cache[mid]]
-        message = await self._stored_message(mid)
-        if message is None or message.deleted:
-            return
-        message.deleted = True
-        message.text = message.original_text = ""
-        message.attachments_json = "[]"
-        self.out.change("MESSAGE_DELETED", message.conversation_id, message.id)
+def _resolved(
+    changes: dict[str, list[tuple[str, int | None, MessageRef, int | None]]],
+    new_ids: dict[tuple[str, str, str], int],
+) -> dict[str, list[tuple[str, int | None, int | None, int | None]]]:
+    """The plan's changes with the ids of the messages it inserted; a change about a
+    message that turned out to exist already (nothing inserted) keeps no message."""
+    out: dict[str, list[tuple[str, int | None, int | None, int | None]]] = {}
+    for account, items in changes.items():
+        rows = out.setdefault(account, [])
+        for kind, conversation_id, ref, event_row in items:
+            message_id = new_ids.get(ref) if isinstance(ref, tuple) else ref
+            if kind == "MESSAGE_CREATED" and message_id is None:
+                continue
+            rows.append((kind, conversation_id, message_id, event_row))
+    return out
 
-    async def _reaction(self, event: events_pb2.Event) -> None:
-        reaction = event.reaction
-        insert = dialect_insert(self.s.bind.dialect.name)(Reaction).values(
-            platform=self.platform,
-            page_id=self.page_id,
-            mid=reaction.mid,
-            user_id=event.user_id,
-            action=reaction.action,
-            reaction=reaction.reaction,
-            emoji=reaction.emoji,
-            timestamp_ms=event.timestamp_ms,
-            event_id=event.id,
-        )
-        newer = or_(
-            Reaction.timestamp_ms < insert.excluded.timestamp_ms,
-            and_(
-                Reaction.timestamp_ms == insert.excluded.timestamp_ms,
-                Reaction.event_id < insert.excluded.event_id,
-            ),
-        )
-        await self.s.execute(
-            insert.on_conflict_do_update(
-                index_elements=["platform", "page_id", "mid", "user_id"],
-                set_={
-                    "action": insert.excluded.action,
-                    "reaction": insert.excluded.reaction,
-                    "emoji": insert.excluded.emoji,
-                    "timestamp_ms": insert.excluded.timestamp_ms,
-                    "event_id": insert.excluded.event_id,
-                },
-                where=newer,
-            )
-        )
-        message = await self._stored_message(reaction.mid)
-        assert self.conv is not None
-        self.out.change("REACTION_CHANGED", self.conv.id, message.id if message else None)
 
-    # -- receipts -----------------------------------------------------------------------
+class LogMonitor:
+    """Keeps the backlog gauges current (`pagewire_log_pending`, oldest pending age)."""
 
-    async def _set_status(self, status: str, covered, from_statuses: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
-        assert self.conv is not None
-        changed = await self.s.execute(
-            update(Message)
-            .where(
-                Message.conversation_id == self.conv.id,
-                Message.direction == "OUTBOUND",
-                Message.status.in_(from_statuses),
-                covered,
-            )
-            .values(status=status)
-            .returning(Message.id)
-        )
-        for message_id in changed.scalars():
-            self.out.change("MESSAGE_STATUS_CHANGED", self.conv.id, message_id)
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], period_s: float = 5.0) -> None:
+        self._sessions = sessions
+        self._period_s = period_s
 
-    async def _delivery(self, delivery: events_pb2.DeliveryEvent) -> None:
-        conv = self.conv
-        assert conv is not None
-        conv.delivery_watermark_ms = max(conv.delivery_watermark_ms, delivery.watermark_ms)
-        for mid in delivery.mids:
-            await self._mark(mid, DELIVERED)
-        covered = Message.timestamp_ms <= conv.delivery_watermark_ms
-        if delivery.mids:
-            covered = or_(covered, Message.mid.in_(list(delivery.mids)))
-        await self._set_status("DELIVERED", covered, ("SENT",))
+    async def read(self) -> store_log.LogStatus:
+        async with self._sessions() as session:
+            status = await store_log.status(session, now_ms())
+        metrics.LOG_PENDING.set(status.pending)
+        metrics.LOG_PARKED.set(status.parked)
+        age = (now_ms() - status.oldest_pending_ms) / 1000 if status.oldest_pending_ms else 0.0
+        metrics.LOG_OLDEST_PENDING.set(max(0.0, age))
+        return status
 
-    async def _read(self, read: events_pb2.ReadEvent) -> None:
-        watermark = read.watermark_ms
-        if read.mid:
-            await self._mark(read.mid, READ)
-            seen = await self._stored_message(read.mid)
-            if seen is not None:
-                watermark = max(watermark, seen.timestamp_ms)
-        await self._advance_read(watermark)
-
-    async def _advance_read(self, watermark: int) -> None:
-        conv = self.conv
-        assert conv is not None
-        conv.read_watermark_ms = max(conv.read_watermark_ms, watermark)
-        await self._set_status(
-            "READ", Message.timestamp_ms <= conv.read_watermark_ms, ("SENT", "DELIVERED")
-        )
-
-    # -- thread control -----------------------------------------------------------------
-
-    def _handover(self, event: events_pb2.Event) -> None:
-        conv = self.conv
-        handover = event.handover
-        if conv is None or handover.action not in ("pass_thread_control", "take_thread_control"):
-            return
-        if not handover.new_owner_app_id:
-            return
-        # Newest handover wins; the app id breaks a tie so the order of arrival cannot.
-        mine = (event.timestamp_ms, handover.new_owner_app_id)
-        if mine > (conv.thread_owner_ms, conv.thread_owner_app_id):
-            conv.thread_owner_app_id = handover.new_owner_app_id
-            conv.thread_owner_ms = event.timestamp_ms
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                await self.read()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._period_s)

@@ -35,7 +35,12 @@ class RouterSettings:
     lock_wait_ms: int
     page_cache_ttl_s: float
     rpc_timeout_s: float
-    group_concurrency: int
+    # The apply stage (services/router/apply.py).
+    apply_batch: int
+    apply_workers: int
+    apply_lease_ms: int
+    apply_idle_poll_s: float
+    parked_sweep_s: float
     # How often PostgreSQL and Redis are checked for the router's readiness; a check that
     # does not answer within one interval counts as failed.
     readiness_interval_s: float
@@ -61,7 +66,15 @@ class RouterSettings:
             lock_wait_ms=env_int(environ, "LOCK_WAIT_MS", 3_000, minimum=0),
             page_cache_ttl_s=env_float(environ, "PAGE_CACHE_TTL_S", 30.0),
             rpc_timeout_s=env_float(environ, "RPC_TIMEOUT_S", 2.0, minimum=0.05),
-            group_concurrency=env_int(environ, "ROUTER_GROUP_CONCURRENCY", 8, minimum=1),
+            # Entries per apply batch: many conversations, one statement per table.
+            apply_batch=env_int(environ, "APPLY_BATCH", 500, minimum=1, maximum=5000),
+            apply_workers=env_int(environ, "APPLY_WORKERS", 2, minimum=1, maximum=32),
+            # A replica that dies with a claimed batch loses it to another after this.
+            apply_lease_ms=env_int(environ, "APPLY_LEASE_MS", 30_000, minimum=1000),
+            # How often idle workers look for entries other replicas appended.
+            apply_idle_poll_s=env_float(environ, "APPLY_IDLE_POLL_S", 0.5, minimum=0.01),
+            # How often parked events are checked against their pages (0: never).
+            parked_sweep_s=env_float(environ, "PARKED_SWEEP_S", 10.0),
             readiness_interval_s=env_float(environ, "READINESS_INTERVAL_S", 1.0, minimum=0.05),
             log_level=env_str(environ, "LOG_LEVEL", "INFO"),
             drain_s=env_float(environ, "SHUTDOWN_DRAIN_S", 0.5),

@@ -1,57 +1,20 @@
-"""The per-account change feed: written in each group's transaction, read by StreamEvents.
+"""The per-account change feed: StreamEvents' reader, and the wake-up of local streams.
 
-Cursors come from one counter row per account, bumped as the transaction's last
-statement: its row lock is held only until commit, so cursors are handed out
-in commit order, without gaps, and a consumer that resumes after cursor N can
-never miss a change committed later with a smaller number.
+Changes are written in the apply transaction (and the sender's) by the store
+(services/router/store/feed.py), with cursors gap-free and in commit order.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable
 
-from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.router.store import Change
+from services.router.store import feed
+from services.router.store.models import Change
 
 BATCH = 200
-# Text, not SQLAlchemy's ON CONFLICT construct, which 2.0 recompiles on every call; the
-# same SQL runs on PostgreSQL and SQLite.
-_BUMP = text(
-    "INSERT INTO account_cursors (account_id, last_cursor) VALUES (:account, :n)"
-    " ON CONFLICT (account_id) DO UPDATE SET last_cursor = account_cursors.last_cursor + :n"
-    " RETURNING last_cursor"
-)
-
-
-async def record(
-    session: AsyncSession,
-    account_id: str,
-    changes: Sequence[tuple[str, int | None, int | None, int | None]],
-    now: int,
-) -> None:
-    """Appends `changes` to the account's feed; call last in the transaction."""
-    if not changes:
-        return
-    last = (await session.execute(_BUMP, {"account": account_id, "n": len(changes)})).scalar_one()
-    first = last - len(changes) + 1
-    await session.execute(
-        Change.__table__.insert(),
-        [
-            {
-                "account_id": account_id,
-                "cursor": first + i,
-                "kind": kind,
-                "conversation_id": conversation_id,
-                "message_id": message_id,
-                "event_row_id": event_row_id,
-                "committed_at_ms": now,
-            }
-            for i, (kind, conversation_id, message_id, event_row_id) in enumerate(changes)
-        ],
-    )
 
 
 class FeedNotifier:
@@ -67,6 +30,10 @@ class FeedNotifier:
         event = self._events.get(account_id)
         if event is not None:
             event.set()
+
+    def notify_all(self, account_ids: Iterable[str]) -> None:
+        for account_id in account_ids:
+            self.notify(account_id)
 
     async def wait(self, account_id: str, timeout: float) -> None:
         event = self._events.setdefault(account_id, asyncio.Event())
@@ -90,18 +57,7 @@ async def changes_after(
     cursor = after
     while True:
         async with sessions() as session:
-            rows = (
-                (
-                    await session.execute(
-                        select(Change)
-                        .where(Change.account_id == account_id, Change.cursor > cursor)
-                        .order_by(Change.cursor)
-                        .limit(BATCH)
-                    )
-                )
-                .scalars()
-                .all()
-            )
+            rows = await feed.after(session, account_id, cursor, BATCH)
         for row in rows:
             yield row
             cursor = row.cursor

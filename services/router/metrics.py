@@ -1,8 +1,9 @@
-"""The router's metrics: events by kind and fate, ingest latency, the conversation lock, sends."""
+"""The router's metrics: events by kind and fate, the append and the apply stage, the
+backlog, the conversation lock, sends."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from pagewire.kit.metrics import LATENCY_BUCKETS
 
@@ -15,24 +16,60 @@ EVENTS_INGESTED = Counter(
     "Events of committed Ingest calls, by platform and kind (stored, duplicate or parked).",
     ["platform", "kind"],
 )
-EVENTS_STORED = Counter("pagewire_events_stored", "Events stored for the first time.", ["platform"])
+EVENTS_STORED = Counter(
+    "pagewire_events_stored", "Events appended to the log for the first time.", ["platform"]
+)
 DUPLICATES = Counter(
     "pagewire_events_duplicate",
-    "Events dropped because they were already stored or parked (redeliveries, retries).",
+    "Events dropped at the append: already in the log (redeliveries, retries) or purged.",
     ["platform"],
+)
+DEMOTED = Counter(
+    "pagewire_events_demoted",
+    "Events kept raw as unsupported because they could not be stored as their kind.",
+    ["kind"],
 )
 PARKED = Counter(
     "pagewire_events_parked", "Events parked for a page that is not connected.", ["platform"]
 )
 PARKED_ROUTED = Counter(
     "pagewire_parked_routed",
-    "Parked events stored once their page was connected.",
+    "Parked events given back to the apply stage once their page was connected.",
     ["platform"],
 )
 INGEST_SECONDS = Histogram(
     "pagewire_ingest_duration_seconds",
-    "Time of one Ingest call, from arrival to the last group's commit (or failure).",
+    "Time of one Ingest call, from arrival to the commit of its events in the log.",
     buckets=LATENCY_BUCKETS,
+)
+COMMIT_EVENTS = Histogram(
+    "pagewire_log_commit_events",
+    "Events per group commit of the log (every Ingest waiting shares one).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+)
+APPLY_LAG = Histogram(
+    "pagewire_apply_lag_seconds",
+    "From an event's commit in the log to its commit in its conversation (visible).",
+    buckets=LATENCY_BUCKETS,
+)
+APPLIED = Counter("pagewire_events_applied", "Log entries applied to their conversations.")
+APPLY_BATCHES = Counter(
+    "pagewire_apply_batches",
+    "Apply batches by outcome: applied something, or only gave entries back.",
+    ["outcome"],
+)
+APPLY_BUSY = Counter(
+    "pagewire_apply_busy_conversations",
+    "Conversations an apply batch left for later because another holder had the lock.",
+)
+APPLY_FAILED = Counter(
+    "pagewire_apply_failed_entries",
+    "Log entries the database refused to apply (kept as failed, raw item and all).",
+)
+LOG_PENDING = Gauge("pagewire_log_pending", "Log entries appended and not applied yet.")
+LOG_PARKED = Gauge("pagewire_log_parked", "Log entries parked for pages not connected.")
+LOG_OLDEST_PENDING = Gauge(
+    "pagewire_log_oldest_pending_seconds", "Age of the oldest pending log entry (0: none)."
 )
 LOCK_WAIT = Histogram(
     "pagewire_lock_wait_seconds",
@@ -48,12 +85,12 @@ LOCK_HOLD = Histogram(
 )
 LOCK_WAIT_EXCEEDED = Counter(
     "pagewire_lock_wait_exceeded",
-    "Lock waits that ran out (PAGEWIRE_LOCK_WAIT_MS): answered ABORTED, the gateway 503.",
+    "Lock waits that ran out (PAGEWIRE_LOCK_WAIT_MS): a send answered ABORTED.",
     ["lock"],
 )
 STALE_WRITES = Counter(
     "pagewire_fence_rejections",
-    "Writes of a holder whose lock had expired, refused by the fence and retried.",
+    "Batches of a holder whose lock had expired, refused by the fence and given back.",
 )
 SENDS = Counter(
     "pagewire_sends",
@@ -70,3 +107,5 @@ for _lock in LOCKS:
     LOCK_WAIT_EXCEEDED.labels(_lock)
 for _outcome in ("accepted", "rejected", "unknown", "replayed"):
     SENDS.labels(_outcome)
+for _outcome in ("applied", "idle"):
+    APPLY_BATCHES.labels(_outcome)

@@ -26,7 +26,7 @@ import asyncio
 import secrets
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Protocol
 
@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from pagewire.kit import telemetry
 from pagewire.kit.errors import Aborted, Unavailable
@@ -63,6 +63,25 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+# KEYS[1] lock, KEYS[2] fence floor; ARGV[1] token, ARGV[2] ttl (ms), ARGV[3] fence,
+# ARGV[4] floor ttl (ms). Takes the lock only for a fence no lower than every earlier
+# holder's (the floor), so the holders of a conversation have increasing fences even when
+# a fence is taken before its lock: -1 means a newer holder came first (take a new fence).
+_TRY = """
+local floor = tonumber(redis.call('GET', KEYS[2]) or '0')
+if floor > tonumber(ARGV[3]) then
+  return -1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+  return 1
+end
+return 0
+"""
+# How long a conversation remembers its last holder's fence: far longer than any batch.
+FLOOR_TTL_MS = 600_000
 
 
 def _lock_kind(key: str) -> str:
@@ -112,7 +131,23 @@ class Lease(Protocol):
 class ConversationLocks(Protocol):
     """Mutual exclusion by conversation key."""
 
+    # How often a batch holding locks renews them.
+    renew_period_s: float
+
     def hold(self, key: str) -> AbstractAsyncContextManager[Lease]: ...
+
+    async def try_many(self, keys: Sequence[str], fence: int) -> dict[str, str]:
+        """Takes, without waiting, every free lock of `keys` for a holder with `fence`;
+        returns key → token of those taken (the others are busy or had a newer holder)."""
+        ...
+
+    async def renew_many(self, held: Mapping[str, str]) -> set[str]:
+        """Extends the held locks; the keys still held."""
+        ...
+
+    async def release_many(self, held: Mapping[str, str]) -> None:
+        """Releases the held locks (and wakes whoever waits on them)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -140,6 +175,34 @@ class LocalLocks:
     def __init__(self, wait_ms: int) -> None:
         self._wait_s = wait_ms / 1000
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._held: dict[str, asyncio.Lock] = {}
+        self._floors: dict[str, int] = {}
+        # In-process locks never expire: nothing to renew.
+        self.renew_period_s = 3600.0
+
+    async def try_many(self, keys: Sequence[str], fence: int) -> dict[str, str]:
+        taken: dict[str, str] = {}
+        for key in keys:
+            lock = self._locks.get(key)
+            if lock is None:
+                lock = asyncio.Lock()
+                self._locks[key] = lock
+            if lock.locked() or self._floors.get(key, 0) > fence:
+                continue
+            await lock.acquire()  # free: returns at once
+            self._held[key] = lock
+            self._floors[key] = fence
+            taken[key] = "local"
+        return taken
+
+    async def renew_many(self, held: Mapping[str, str]) -> set[str]:
+        return set(held)
+
+    async def release_many(self, held: Mapping[str, str]) -> None:
+        for key in held:
+            lock = self._held.pop(key, None)
+            if lock is not None and lock.locked():
+                lock.release()
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[Lease]:
@@ -172,6 +235,8 @@ class RedisLocks:
         self._wait_ms = wait_ms
         self._release = client.register_script(_RELEASE)
         self._extend = client.register_script(_EXTEND)
+        self._try = client.register_script(_TRY)
+        self.renew_period_s = ttl_ms / 3000
         # A BLPOP must return before the socket timeout fires, or a quiet wait would read
         # as a dead Redis: block at most half of it at a time (None: no socket timeout).
         socket_timeout = client.get_connection_kwargs().get("socket_timeout")
@@ -236,6 +301,59 @@ class RedisLocks:
         finally:
             renew.cancel()
             await self.release(key, token)
+
+    def _floor_key(self, key: str) -> str:
+        return f"{self._prefix}:lock:{{{key}}}:fence"
+
+    async def _pipelined(  # type: ignore[no-untyped-def]
+        self, script, calls: Sequence[tuple[list[str], list[object]]]
+    ) -> list[object]:
+        """One round trip for every call of `script`: EVALSHA in a pipeline (not a
+        transaction: each call touches its own hash slot, as a Redis Cluster needs). The
+        script is loaded only when Redis does not know it (after a restart)."""
+        if not calls:
+            return []
+        for attempt in (1, 2):
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                answers = list(await pipe.execute(raise_on_error=False))
+                if not any(isinstance(a, NoScriptError) for a in answers):
+                    failed = next((a for a in answers if isinstance(a, Exception)), None)
+                    if failed is not None:
+                        raise failed
+                    return answers
+                if attempt == 1:
+                    await self.redis.script_load(script.script)
+            except RedisError as exc:
+                raise Unavailable(f"redis unavailable ({type(exc).__name__})") from None
+        raise Unavailable("redis unavailable (script not loaded)")
+
+    async def try_many(self, keys: Sequence[str], fence: int) -> dict[str, str]:
+        tokens = {key: secrets.token_hex(16) for key in keys}
+        calls = [
+            (
+                [self.keys_for(key)[0], self._floor_key(key)],
+                [tokens[key], self._ttl_ms, fence, FLOOR_TTL_MS],
+            )
+            for key in keys
+        ]
+        answers = await self._pipelined(self._try, calls)
+        return {key: tokens[key] for key, answer in zip(keys, answers, strict=True) if answer == 1}
+
+    async def renew_many(self, held: Mapping[str, str]) -> set[str]:
+        keys = list(held)
+        calls = [([self.keys_for(key)[0]], [held[key], self._ttl_ms]) for key in keys]
+        answers = await self._pipelined(self._extend, calls)
+        return {key for key, answer in zip(keys, answers, strict=True) if answer}
+
+    async def release_many(self, held: Mapping[str, str]) -> None:
+        calls = [(list(self.keys_for(key)), [token, self._ttl_ms]) for key, token in held.items()]
+        try:
+            await self._pipelined(self._release, calls)
+        except Unavailable:
+            pass  # the locks expire by themselves; the batch already committed or rolled back
 
     async def ping(self) -> None:
         """Raises Unavailable unless Redis answers within the client's socket timeout."""

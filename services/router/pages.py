@@ -22,8 +22,10 @@ class PageInfo:
 class PageDirectory:
     """Looks up page connections; only positive answers are cached.
 
-    Not caching "not connected" means an event for a page connected a moment
-    ago is routed, not parked; parking re-checks without the cache as well.
+    Not caching "not connected" means an event for a page connected a moment ago is
+    routed, not parked. While subscriptions cannot be reached, the last known answer is
+    served however old (a page moves only when someone says so, and RouteParked tells
+    the router then): webhooks of connected pages keep flowing.
     """
 
     def __init__(
@@ -42,10 +44,9 @@ class PageDirectory:
     async def page(self, platform: int, page_id: str, *, fresh: bool = False) -> PageInfo | None:
         """The connected page, or None when it is not connected."""
         key = (platform, page_id)
-        if not fresh:
-            hit = self._cache.get(key)
-            if hit and hit[1] > time.monotonic():
-                return hit[0]
+        hit = self._cache.get(key)
+        if not fresh and hit and hit[1] > time.monotonic():
+            return hit[0]
         try:
             reply = await self._stub.GetPage(
                 subscriptions_pb2.GetPageRequest(platform=platform, page_id=page_id),
@@ -57,12 +58,23 @@ class PageDirectory:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 self._cache.pop(key, None)
                 return None
+            if hit is not None:
+                return hit[0]  # stale is right here; refreshed on the next look-up
             raise Unavailable(
                 f"subscriptions service unavailable ({exc.code().name}) for page {page_id}"
             ) from None
         info = PageInfo(reply.page.account_id, reply.page.human_agent)
         self._cache[key] = (info, time.monotonic() + self._ttl_s)
         return info
+
+    def remember(self, platform: int, page_id: str, account_id: str) -> None:
+        """What the page's connect just told the router (RouteParked carries it)."""
+        old = self._cache.get((platform, page_id))
+        human_agent = old[0].human_agent if old else False
+        self._cache[(platform, page_id)] = (
+            PageInfo(account_id, human_agent),
+            time.monotonic() + self._ttl_s,
+        )
 
     def forget(self, platform: int, page_id: str) -> None:
         self._cache.pop((platform, page_id), None)

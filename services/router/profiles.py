@@ -17,7 +17,6 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pagewire.graph.codes import is_token_invalid
@@ -27,7 +26,7 @@ from pagewire.kit.db import unavailable_reason
 from pagewire.kit.errors import PagewireError
 from pagewire.kit.settings import Secret
 from pagewire.kit.timeutil import now_ms
-from services.router.store import Contact
+from services.router.store import profiles as store_profiles
 
 log = logging.getLogger("pagewire.router.profiles")
 tracer = telemetry.tracer("pagewire.router.profiles")
@@ -137,15 +136,8 @@ class ProfileFetcher:
 
     async def _fetch(self, platform: str, page_id: str, user_id: str) -> None:
         now = self._clock()
-        where = (
-            Contact.platform == platform,
-            Contact.page_id == page_id,
-            Contact.user_id == user_id,
-        )
         async with self._sessions() as session:
-            checked = (
-                await session.execute(select(Contact.profile_checked_at_ms).where(*where))
-            ).scalar_one_or_none()
+            checked = await store_profiles.checked_at(session, platform, page_id, user_id)
         if checked is None:
             return
         if checked + self._refresh_ms > now:
@@ -182,7 +174,7 @@ class ProfileFetcher:
                         values[field] = value
             self.fetched += 1
         async with self._sessions() as session, session.begin():
-            await session.execute(update(Contact).where(*where).values(**values))
+            await store_profiles.store(session, platform, page_id, user_id, values)
         self._fresh_until[(platform, page_id, user_id)] = now + self._refresh_ms
 
     async def _mark_invalid(self, platform: str, page_id: str, exc: GraphError) -> None:

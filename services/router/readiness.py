@@ -1,9 +1,10 @@
-"""Readiness that means something: the router is SERVING only while PostgreSQL and Redis answer.
+"""Readiness that means something: the router is SERVING only while it can append to its log.
 
-Every interval the watcher runs `SELECT 1` on PostgreSQL and, when Redis is
-configured, `PING`, each bounded by the interval (and Redis by its socket
-timeout), and sets the health status of the router's service name to
-NOT_SERVING while either fails, SERVING when both answer again. The gateway's
+The ACK path needs PostgreSQL (the log) and nothing else: Redis only serves the
+apply stage's conversation locks, whose outage delays visibility but not the
+200. Every interval the watcher runs `SELECT 1` on PostgreSQL, bounded by the
+interval, and sets the health status of the router's service name to
+NOT_SERVING while it fails, SERVING when it answers again. The gateway's
 /readyz asks for that name, so it answers 503 while an Ingest could not commit.
 The overall `""` status is left alone: liveness probes ask for it, and a
 PostgreSQL outage must not restart every pod. One line is logged when the set of
@@ -28,7 +29,6 @@ from pagewire.kit.db import create_engine, unavailable_reason
 from pagewire.kit.errors import PagewireError
 from pagewire.kit.settings import redacted_url
 from services.router.config import RouterSettings
-from services.router.mutex import RedisLocks
 
 log = logging.getLogger("pagewire.router.readiness")
 
@@ -134,19 +134,15 @@ def router_watcher(
     health_servicer: health.aio.HealthServicer,
     service: str,
     settings: RouterSettings,
-    locks: object,
 ) -> DependencyWatcher:
-    """The router's watcher: PostgreSQL always, Redis when the locks live there."""
+    """The router's watcher: PostgreSQL, which the append needs."""
     engine = create_engine(settings.database_url, "router", pool_size=1)
     checks: dict[str, Check] = {"postgresql": postgres_check(engine)}
-    if isinstance(locks, RedisLocks):
-        checks["redis"] = locks.ping
     log.info(
         "readiness follows the router's dependencies",
         extra={
             "interval_s": settings.readiness_interval_s,
             "database": redacted_url(settings.database_url),
-            "redis": redacted_url(settings.redis_url) if settings.redis_url else None,
         },
     )
     return DependencyWatcher(

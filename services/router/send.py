@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pagewire.contract import Platform
 from pagewire.graph.codes import is_token_invalid
 from pagewire.graph.errors import GraphError
 from pagewire.kit.db import DB_UNAVAILABLE, unavailable
@@ -37,16 +37,14 @@ from pagewire.kit.principal import SYSTEM, Principal
 from pagewire.kit.settings import Secret
 from pagewire.kit.timeutil import now_ms
 from pagewire.proto import events_pb2, router_pb2
-from services.router import feed
+from services.router import planner
 from services.router.feed import FeedNotifier
+from services.router.keys import lock_name
 from services.router.mutex import ConversationLocks
-from services.router.routing import lock_name, platform_name
-from services.router.store import (
-    Conversation,
-    Message,
-    OutboundSend,
-    insert_ignoring_duplicates,
-)
+from services.router.planner import attachments_json, message_row
+from services.router.store import feed as store_feed
+from services.router.store import reads, sends, state
+from services.router.store.models import Conversation, OutboundSend
 
 log = logging.getLogger("pagewire.router.send")
 
@@ -190,7 +188,7 @@ class Sender:
         async with self._sessions() as session:
             if conversation_id:
                 try:
-                    found = await session.get(Conversation, int(conversation_id))
+                    found = await reads.conversation(session, int(conversation_id))
                 except ValueError:
                     raise InvalidArgument("conversation_id", "must be a conversation id") from None
             else:
@@ -198,15 +196,9 @@ class Sender:
                     raise InvalidArgument("platform", "must be FACEBOOK or INSTAGRAM")
                 if not page_id or not user_id:
                     raise InvalidArgument("conversation_id", "give it, or page_id and user_id")
-                found = (
-                    await session.execute(
-                        select(Conversation).where(
-                            Conversation.platform == platform_name(platform),
-                            Conversation.page_id == page_id,
-                            Conversation.user_id == user_id,
-                        )
-                    )
-                ).scalar_one_or_none()
+                found = await reads.conversation_by_key(
+                    session, Platform.from_proto(platform).value, page_id, user_id
+                )
         if found is None:
             raise NotFound("no such conversation (a person must write to the page first)")
         return found
@@ -222,7 +214,7 @@ class Sender:
         )
         principal.require(conv.account_id)
         platform = conv.platform
-        page = await self._pages.page(events_pb2.Platform.Value(platform), conv.page_id)
+        page = await self._pages.page(Platform(platform).proto, conv.page_id)
         if page is None:
             raise FailedPrecondition(f"page {conv.page_id} is not connected")
         # A page moved to another account since the conversation began: its owner now.
@@ -230,7 +222,7 @@ class Sender:
         key = request.idempotency_key
         marker = request.metadata or f"pagewire:{key}"
         digest = _request_hash(request)
-        lock = lock_name((events_pb2.Platform.Value(platform), conv.page_id, conv.user_id))
+        lock = lock_name((platform, conv.page_id, conv.user_id))
         async with self._locks.hold(lock):
             try:
                 earlier = await self._earlier(conv, key, digest, marker)
@@ -347,34 +339,17 @@ class Sender:
         self, conv: Conversation, key: str, digest: str, marker: str
     ) -> SendResult | None:
         async with self._sessions() as session, session.begin():
-            row = (
-                await session.execute(
-                    select(OutboundSend)
-                    .where(
-                        OutboundSend.platform == conv.platform,
-                        OutboundSend.page_id == conv.page_id,
-                        OutboundSend.idempotency_key == key,
-                    )
-                    .with_for_update()
-                )
-            ).scalar_one_or_none()
+            row = await sends.find(session, conv.platform, conv.page_id, key, lock=True)
             if row is None:
                 return None
             if row.request_hash != digest:
                 raise FailedPrecondition("idempotency_key was already used for a different message")
             if row.state == "PENDING":
                 await self._settle_pending(session, row, marker)
-            ids = (
-                await session.execute(
-                    select(Message.id)
-                    .where(Message.conversation_id == conv.id, Message.idempotency_key == key)
-                    .order_by(Message.id)
-                )
-            ).scalars()
             return SendResult(
                 row.state,
                 mids=json.loads(row.mids_json),
-                message_ids=list(ids),
+                message_ids=await sends.message_ids(session, conv.id, key),
                 messaging_type=row.messaging_type,
                 tag=row.tag,
                 error_code=row.error_code,
@@ -385,16 +360,7 @@ class Sender:
 
     async def _settle_pending(self, session: AsyncSession, row: OutboundSend, marker: str) -> None:
         """A router stopped mid-send: the echo says whether Meta took it; never resend."""
-        echoed = (
-            await session.execute(
-                select(Message.mid).where(
-                    Message.conversation_id == row.conversation_id,
-                    Message.direction == "OUTBOUND",
-                    Message.metadata_ == marker,
-                )
-            )
-        ).scalars()
-        mids = list(echoed)
+        mids = await sends.echoed_mids(session, row.conversation_id, marker)
         row.updated_at_ms = self._clock()
         if mids:
             row.state, row.mids_json = "ACCEPTED", json.dumps(mids)
@@ -415,7 +381,8 @@ class Sender:
     ) -> None:
         now = self._clock()
         async with self._sessions() as session, session.begin():
-            session.add(
+            await sends.record_pending(
+                session,
                 OutboundSend(
                     platform=conv.platform,
                     page_id=conv.page_id,
@@ -432,21 +399,12 @@ class Sender:
                     sent_by=sent_by,
                     created_at_ms=now,
                     updated_at_ms=now,
-                )
+                ),
             )
 
     async def _forget_pending(self, conv: Conversation, key: str) -> None:
         async with self._sessions() as session, session.begin():
-            row = (
-                await session.execute(
-                    select(OutboundSend).where(
-                        OutboundSend.platform == conv.platform,
-                        OutboundSend.page_id == conv.page_id,
-                        OutboundSend.idempotency_key == key,
-                    )
-                )
-            ).scalar_one()
-            await session.delete(row)
+            await sends.forget(session, conv.platform, conv.page_id, key)
 
     async def _record_outcome(
         self,
@@ -465,85 +423,59 @@ class Sender:
             accepted = index < len(result.mids)
             if not accepted and index > len(result.mids):
                 break  # parts after the failed one were never tried
+            files = "[]"
+            if "attachment" in part:
+                files = attachments_json(
+                    [
+                        planner.attachment(
+                            part["attachment"]["type"], part["attachment"]["payload"]["url"]
+                        )
+                    ]
+                )
             rows.append(
-                {
-                    "mid": result.mids[index] if accepted else f"failed:{key}:{index}",
-                    "text": part.get("text", ""),
-                    "original_text": part.get("text", ""),
-                    "attachments_json": json.dumps(
-                        [
-                            {
-                                "type": part["attachment"]["type"],
-                                "url": part["attachment"]["payload"]["url"],
-                                "title": "",
-                                "sticker_id": "",
-                                "payload_json": "",
-                            }
-                        ]
-                        if "attachment" in part
-                        else []
-                    ),
-                    "status": "SENT" if accepted else "FAILED",
-                    "error_code": 0 if accepted else result.error_code,
-                    "error_subcode": 0 if accepted else result.error_subcode,
-                    "error_message": "" if accepted else result.error_message,
-                    "quick_reply_payload": "",
-                }
+                message_row(
+                    conversation_id=conv.id,
+                    platform=conv.platform,
+                    page_id=conv.page_id,
+                    mid=result.mids[index] if accepted else f"failed:{key}:{index}",
+                    direction="OUTBOUND",
+                    timestamp_ms=now,
+                    created_at_ms=now,
+                    text=part.get("text", ""),
+                    attachments=files,
+                    status="SENT" if accepted else "FAILED",
+                    error_code=0 if accepted else result.error_code,
+                    error_subcode=0 if accepted else result.error_subcode,
+                    error_message="" if accepted else result.error_message,
+                    app_id=self._app_id,
+                    metadata=parts[0]["metadata"],
+                    idempotency_key=key,
+                    sent_by=sent_by,
+                )
             )
         async with self._sessions() as session, session.begin():
-            changes = []
-            for row in rows:
-                inserted = await session.execute(
-                    insert_ignoring_duplicates(session, Message)
-                    .values(
-                        conversation_id=conv.id,
-                        platform=conv.platform,
-                        page_id=conv.page_id,
-                        direction="OUTBOUND",
-                        timestamp_ms=now,
-                        is_echo=False,
-                        app_id=self._app_id,
-                        metadata_=parts[0]["metadata"],
-                        reply_to_mid="",
-                        standby=False,
-                        created_at_ms=now,
-                        kind="message",
-                        payload="",
-                        deleted=False,
-                        is_unsupported=False,
-                        reply_to_story_url="",
-                        referral_json="",
-                        idempotency_key=key,
-                        sent_by=sent_by,
-                        **row,
-                    )
-                    .returning(Message.id)
-                )
-                message_id = inserted.scalar_one_or_none()
-                if message_id is not None:
-                    result.message_ids.append(message_id)
-                    changes.append(("MESSAGE_CREATED", conv.id, message_id, None))
-            current = await session.get(Conversation, conv.id, with_for_update=True)
-            assert current is not None
-            current.message_count += len(changes)
-            current.last_event_ms = max(current.last_event_ms, now)
-            send = (
-                await session.execute(
-                    select(OutboundSend).where(
-                        OutboundSend.platform == conv.platform,
-                        OutboundSend.page_id == conv.page_id,
-                        OutboundSend.idempotency_key == key,
-                    )
-                )
-            ).scalar_one()
+            # The same writer as inbound messages and echoes.
+            inserted = await state.insert_messages(session, rows)
+            ids = [
+                inserted[(r["platform"], r["page_id"], r["mid"])]
+                for r in rows
+                if (r["platform"], r["page_id"], r["mid"]) in inserted
+            ]
+            result.message_ids.extend(ids)
+            account = await sends.count_sent(session, conv.id, len(ids), now)
+            send = await sends.find(session, conv.platform, conv.page_id, key)
+            assert send is not None
             send.state = result.state
             send.mids_json = json.dumps(result.mids)
             send.error_code, send.error_subcode = result.error_code, result.error_subcode
             send.error_message = result.error_message
             send.updated_at_ms = now
-            await feed.record(session, current.account_id, changes, now)
-        if self._notifier is not None and changes:
-            self._notifier.notify(conv.account_id)
+            await session.flush()
+            await store_feed.record(
+                session, {account: [("MESSAGE_CREATED", conv.id, i, None) for i in ids]}, now
+            )
+        if self._notifier is not None and ids:
+            self._notifier.notify(account)
         if result.state != "ACCEPTED":
             log.warning(
                 "send failed",
@@ -565,7 +497,7 @@ class Sender:
             request.conversation_id, request.platform, request.page_id, request.user_id
         )
         principal.require(conv.account_id)
-        page = await self._pages.page(events_pb2.Platform.Value(conv.platform), conv.page_id)
+        page = await self._pages.page(Platform(conv.platform).proto, conv.page_id)
         if page is not None:
             principal.require(page.account_id)
         token, _ = await self._tokens.decrypt(conv.platform, conv.page_id, principal.identity)

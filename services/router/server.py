@@ -1,4 +1,5 @@
-"""The router's gRPC servicer: validate, call routing or history, translate to protos."""
+"""The router's gRPC servicer: it only translates between protos and the domain modules
+(ingest, apply's monitor, parking, reading, send)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,23 @@ import json
 import grpc
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from pagewire.contract import Platform
 from pagewire.kit import telemetry
 from pagewire.kit.errors import FailedPrecondition, InvalidArgument, PagewireError
 from pagewire.kit.principal import current
+from pagewire.kit.timeutil import now_ms
 from pagewire.kit.validate import platform_and_page
 from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc
 from services.router import metrics
 from services.router.access import SERVICE_NAME, PageOwners
-from services.router.feed import changes_after
-from services.router.history import History, MessageView, message_views
-from services.router.pages import PageDirectory
-from services.router.routing import Router
+from services.router.apply import LogMonitor
+from services.router.feed import FeedNotifier, changes_after
+from services.router.ingest import Appender
+from services.router.parking import Pages
+from services.router.reading import History
 from services.router.send import Sender
-from services.router.store import Contact, Conversation, EventLog, Message
+from services.router.store import Contact, Conversation, EventLog
+from services.router.store.reads import MessageView
 
 __all__ = ["SERVICE_NAME", "RouterServiceServicer"]
 
@@ -111,20 +116,25 @@ def _message(view: MessageView) -> router_pb2.Message:
 
 
 class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
-    """Ingest, listing and parked-event routing over gRPC; who may call what is
-    ROUTER_ACCESS (services/router/access.py), and readers see only their accounts."""
+    """Every RPC of pagewire.router.v1.RouterService; who may call what is ROUTER_ACCESS
+    (services/router/access.py), and readers see only their accounts."""
 
     def __init__(
         self,
-        router: Router,
+        *,
+        appender: Appender,
+        pages: Pages,
         history: History,
+        monitor: LogMonitor,
+        notifier: FeedNotifier,
         sessions: async_sessionmaker,
         sender: Sender | None = None,
-        *,
-        pages: PageDirectory,
     ) -> None:
-        self._router = router
+        self._appender = appender
+        self._pages = pages
         self._history = history
+        self._monitor = monitor
+        self._notifier = notifier
         self._sessions = sessions
         self._sender = sender
         self._owners = PageOwners(pages)
@@ -137,10 +147,8 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     async def Ingest(
         self, request: router_pb2.IngestRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.IngestResponse:
-        result = await self._router.ingest(request.events)
-        return router_pb2.IngestResponse(
-            stored=result.stored, duplicates=result.duplicates, parked=result.parked
-        )
+        result = await self._appender.ingest(request.events)
+        return router_pb2.IngestResponse(stored=result.stored, duplicates=result.duplicates)
 
     async def ListConversations(
         self, request: router_pb2.ListConversationsRequest, context: grpc.aio.ServicerContext
@@ -180,22 +188,25 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     async def RouteParked(
         self, request: router_pb2.RouteParkedRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteParkedResponse:
-        result = await self._router.route_parked(request.platform, request.page_id)
-        return router_pb2.RouteParkedResponse(routed=result.stored, duplicates=result.duplicates)
+        platform, page_id = platform_and_page(request.platform, request.page_id)
+        routed = await self._pages.route_parked(Platform(platform), page_id, request.account_id)
+        return router_pb2.RouteParkedResponse(
+            routed=routed.unparked, moved_conversations=routed.moved_conversations
+        )
 
     async def GetPageActivity(
         self, request: router_pb2.GetPageActivityRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.GetPageActivityResponse:
         platform, page_id = platform_and_page(request.platform, request.page_id)
         return router_pb2.GetPageActivityResponse(
-            **await self._history.page_activity(platform, page_id)
+            **await self._history.page_activity(Platform(platform), page_id)
         )
 
     async def PurgePage(
         self, request: router_pb2.PurgePageRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.PurgePageResponse:
-        platform_and_page(request.platform, request.page_id)
-        counts = await self._router.purge_page(request.platform, request.page_id)
+        platform, page_id = platform_and_page(request.platform, request.page_id)
+        counts = await self._pages.purge(Platform(platform), page_id)
         return router_pb2.PurgePageResponse(**counts)
 
     async def ListEvents(
@@ -226,7 +237,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument("after_cursor", "must be 0 or a cursor from this feed")
         current().require(request.account_id)
         async for change in changes_after(
-            self._sessions, request.account_id, request.after_cursor, self._router.notifier
+            self._sessions, request.account_id, request.after_cursor, self._notifier
         ):
             yield await self._change(change)
 
@@ -238,21 +249,13 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             account_id=change.account_id,
             committed_at_ms=change.committed_at_ms,
         )
-        async with self._sessions() as session:
-            if change.conversation_id is not None:
-                conversation = await session.get(Conversation, change.conversation_id)
-                if conversation is not None:
-                    contact = await session.get(Contact, conversation.contact_id)
-                    out.conversation.CopyFrom(_conversation(conversation, contact))
-            if change.message_id is not None:
-                message = await session.get(Message, change.message_id)
-                if message is not None:
-                    (view,) = await message_views(session, [message])
-                    out.message.CopyFrom(_message(view))
-            if change.event_row_id is not None:
-                event = await session.get(EventLog, change.event_row_id)
-                if event is not None:
-                    out.event.CopyFrom(_event(event))
+        now = await self._history.change_state(change)
+        if now.conversation is not None:
+            out.conversation.CopyFrom(_conversation(now.conversation, now.contact))
+        if now.message is not None:
+            out.message.CopyFrom(_message(now.message))
+        if now.event is not None:
+            out.event.CopyFrom(_event(now.event))
         return out
 
     async def SendMessage(
@@ -268,9 +271,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         outcome = "replayed" if result.replayed else result.state.lower()
         metrics.SENDS.labels(outcome).inc()
         telemetry.annotate(send_outcome=outcome, parts=len(result.mids))
-        async with self._sessions() as session:
-            rows = [await session.get(Message, i) for i in result.message_ids]
-            views = await message_views(session, [r for r in rows if r is not None])
+        views = await self._history.messages_by_id(result.message_ids)
         return router_pb2.SendMessageResponse(
             state=router_pb2.SendState.Value(result.state),
             mids=[m for m in result.mids if m],
@@ -290,3 +291,16 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             raise FailedPrecondition("sending is not configured on this router")
         await self._sender.action(request, current())
         return router_pb2.SendActionResponse()
+
+    async def GetLogStatus(
+        self, request: router_pb2.GetLogStatusRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.GetLogStatusResponse:
+        status = await self._monitor.read()
+        oldest = now_ms() - status.oldest_pending_ms if status.oldest_pending_ms else 0
+        return router_pb2.GetLogStatusResponse(
+            pending=status.pending,
+            leased=status.leased,
+            parked=status.parked,
+            failed=status.failed,
+            oldest_pending_age_ms=max(0, oldest),
+        )

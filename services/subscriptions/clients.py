@@ -64,9 +64,12 @@ class RouterClient:
         self._stub = router_pb2_grpc.RouterServiceStub(channel)
         self._timeout = timeout_s
 
-    async def route_parked(self, platform: str, page_id: str) -> int:
-        """Routes the events parked for the page; returns how many were stored."""
-        request = router_pb2.RouteParkedRequest(platform=_platform(platform), page_id=page_id)
+    async def route_parked(self, platform: str, page_id: str, account_id: str) -> int:
+        """Tells the router the page's account; returns how many parked events it will
+        now apply."""
+        request = router_pb2.RouteParkedRequest(
+            platform=_platform(platform), page_id=page_id, account_id=account_id
+        )
         try:
             response = await self._stub.RouteParked(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:

@@ -165,7 +165,7 @@ class Connections:
             },
         )
 
-        routed = await self._route_parked(platform, page_id)
+        routed = await self._route_parked(platform, page_id, account_id)
         if error is not None and (error.unavailable or error.throttled):
             raise Unavailable(
                 f"{error.summary}; {platform} page {page_id} is stored as SUBSCRIBE_FAILED,"
@@ -384,11 +384,12 @@ class Connections:
                 extra={"platform": platform, "page_id": page_id, "error": str(exc)},
             )
 
-    async def _route_parked(self, platform: str, page_id: str) -> int:
+    async def _route_parked(self, platform: str, page_id: str, account_id: str) -> int:
         try:
-            return await self._router.route_parked(platform, page_id)
+            return await self._router.route_parked(platform, page_id, account_id)
         except PagewireError as exc:
-            # Connecting again retries it; the connection itself is already stored.
+            # The connection itself is stored: the router's parked sweep finds the page
+            # connected within its period, and connecting again retries at once.
             log.warning(
                 "could not route parked events",
                 extra={"platform": platform, "page_id": page_id, "error": str(exc)},

@@ -47,7 +47,7 @@ class Vault(Protocol):
 class Router(Protocol):
     """The router service."""
 
-    async def route_parked(self, platform: str, page_id: str) -> int: ...
+    async def route_parked(self, platform: str, page_id: str, account_id: str) -> int: ...
 
     async def page_activity(
         self, platform: str, page_id: str, timeout_s: float

@@ -110,6 +110,17 @@ async def connect(stack: Stack, page_id: str, account: str = "acme") -> dict:  #
     return json.loads(result.stdout)
 
 
+async def applied(database_url: str, timeout: float = 30.0) -> None:
+    """Waits until the router's apply stage has caught up: no log entry pending."""
+    from tests.support.waiting import wait_for
+
+    def caught_up() -> bool:
+        sql = "SELECT count(*) FROM router.events WHERE state = 'pending'"
+        return query(database_url, sql)[0][0] == 0
+
+    await wait_for(caught_up, timeout=timeout, what="the apply stage to catch up")
+
+
 def query(database_url: str, sql: str, *params: object) -> list[tuple]:  # type: ignore[type-arg]
     """Reads what was stored, straight from PostgreSQL."""
     url = database_url.replace("postgresql+psycopg://", "postgresql://")

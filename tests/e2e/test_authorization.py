@@ -67,6 +67,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "StreamEvents": READERS,
         "SendMessage": READERS,
         "SendAction": READERS,
+        "GetLogStatus": {"cli"},
     },
     SUBSCRIPTIONS: {
         "GetPage": {"router", *READERS},
@@ -105,6 +106,7 @@ REQUESTS: dict[str, dict[str, Callable[[], Message]]] = {
         "StreamEvents": lambda: router_pb2.StreamEventsRequest(account_id="acme", after_cursor=-1),
         "SendMessage": lambda: router_pb2.SendMessageRequest(page_id=ACME_PAGE, text="x"),
         "SendAction": lambda: router_pb2.SendActionRequest(action="dance"),
+        "GetLogStatus": lambda: router_pb2.GetLogStatusRequest(),
     },
     SUBSCRIPTIONS: {
         "GetPage": lambda: subscriptions_pb2.GetPageRequest(platform=FB, page_id=ACME_PAGE),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.conftest import connect, query, sign
+from tests.e2e.conftest import applied, connect, query, sign
 from tests.support.stack import Stack
 from tests.support.waiting import free_port
 
@@ -68,6 +68,7 @@ async def test_burst_of_200_from_20_posts_across_two_routers(
 
     statuses = await asyncio.gather(*(send(i, chunk) for i, chunk in enumerate(posts)))
     assert statuses == [200] * 20
+    await applied(database_url)
     rows = query(
         database_url,
         "SELECT m.mid, m.timestamp_ms FROM router.messages m ORDER BY m.timestamp_ms, m.mid",

@@ -19,7 +19,7 @@ from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc
 from tests.support.fakes import FakeSubscriptions, serve_fake_subscriptions
 from tests.support.routerharness import PAGE, event
 from tests.support.stack import Stack
-from tests.support.waiting import free_port
+from tests.support.waiting import free_port, wait_for
 
 _users = itertools.count(1)
 
@@ -166,6 +166,16 @@ async def state(stub: router_pb2_grpc.RouterServiceStub, user: str) -> tuple:
     return summary, messages
 
 
+async def caught_up(router: router_pb2_grpc.RouterServiceStub) -> None:
+    """Until the apply stage (of both routers: one log) has nothing pending."""
+
+    async def nothing_pending() -> bool:
+        status = await router.GetLogStatus(router_pb2.GetLogStatusRequest(), timeout=5)
+        return status.pending == 0
+
+    await wait_for(nothing_pending, timeout=30, what="the apply stage to catch up")
+
+
 @settings(
     max_examples=25,
     deadline=None,
@@ -180,6 +190,7 @@ async def test_any_order_any_duplicates_two_routers_same_state(
 
     for item in materialize(steps, in_order_user):
         await routers[0].Ingest(router_pb2.IngestRequest(events=[item]))
+        await caught_up(routers[0])  # in order: each item applied before the next arrives
 
     rng = random.Random(seed)
     shuffled = materialize(steps, shuffled_user)
@@ -196,4 +207,5 @@ async def test_any_order_any_duplicates_two_routers_same_state(
             for batch in batches
         )
     )
+    await caught_up(routers[0])
     assert await state(routers[1], shuffled_user) == await state(routers[0], in_order_user)

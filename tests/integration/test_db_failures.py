@@ -80,11 +80,12 @@ async def suite(
 
 
 async def test_a_failing_insert_logs_no_values(suite: Stack, database_url: str) -> None:
-    # An unexpected failure that quotes the row: `DETAIL: Failing row contains (…text…)`.
+    # An unexpected failure of the append (the log, on the ACK path) that quotes the row:
+    # `DETAIL: Failing row contains (…raw item…)`.
     execute(
         database_url,
-        "ALTER TABLE router.messages ADD CONSTRAINT pw_no_plant"
-        f" CHECK (position('{PLANT}' in text) = 0)",
+        "ALTER TABLE router.events ADD CONSTRAINT pw_no_plant"
+        f" CHECK (position('{PLANT}' in raw_json) = 0)",
     )
     by_check = [marker(), marker()]
     assert (await post(suite, webhook(f"m_{by_check[0]}", by_check[0]))).status_code == 503
@@ -99,11 +100,12 @@ async def test_a_failing_insert_logs_no_values(suite: Stack, database_url: str) 
         """CREATE FUNCTION router.pw_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
           RAISE EXCEPTION USING ERRCODE = 'unique_violation',
-            MESSAGE = 'duplicate key value ' || NEW.text,
-            DETAIL = 'Key (text)=(' || NEW.text || ') already exists.',
-            HINT = NEW.text;
+            MESSAGE = 'duplicate key value ' || NEW.raw_json,
+            DETAIL = 'Key (raw_json)=(' || NEW.raw_json || ') already exists.',
+            HINT = NEW.raw_json;
         END $$""",
-        "CREATE TRIGGER pw_refuse BEFORE INSERT ON router.messages"
+        "ALTER TABLE router.events DROP CONSTRAINT pw_no_plant",
+        "CREATE TRIGGER pw_refuse BEFORE INSERT ON router.events"
         " FOR EACH ROW EXECUTE FUNCTION router.pw_refuse()",
     )
     by_trigger = [marker(), marker()]
@@ -123,6 +125,43 @@ async def test_a_failing_insert_logs_no_values(suite: Stack, database_url: str) 
     assert sum("SQLSTATE 23514" in t and "constraint pw_no_plant" in t for t in traces) == 2
     assert sum("SQLSTATE 23505" in t for t in traces) == 2
     assert PLANT not in logs  # not even a prefix of a value leaked
+
+
+async def test_a_failing_apply_logs_no_values(suite: Stack, database_url: str) -> None:
+    """A failure in the apply stage (after the 200): the batch is retried, and its log lines
+    carry the class and SQLSTATE, never the message text."""
+    execute(
+        database_url,
+        "ALTER TABLE router.messages ADD CONSTRAINT pw_no_plant"
+        f" CHECK (position('{PLANT}' in text) = 0)",
+    )
+    planted = marker()
+    assert (await post(suite, webhook(f"m_{planted}", planted))).status_code == 200
+
+    def failed() -> list[dict[str, object]]:
+        return [
+            line
+            for line in log_lines(suite.procs["router"])
+            if str(line["msg"]).startswith("apply batch failed")
+        ]
+
+    await wait_for(failed, timeout=10, what="the apply stage to fail on the planted row")
+    (first, *_) = failed()
+    assert "SQLSTATE 23514" in str(first["error"]) and "constraint pw_no_plant" in str(
+        first["error"]
+    )
+    assert planted not in suite.logs() and PLANT not in suite.logs()
+
+    def kept() -> list[dict[str, object]]:
+        return [
+            line
+            for line in log_lines(suite.procs["router"])
+            if str(line["msg"]).startswith("log entry kept as failed")
+        ]
+
+    # The entry is set aside (kept, listed), so it does not stall the entries after it.
+    await wait_for(kept, timeout=10, what="the refused entry to be set aside")
+    assert (await post(suite, webhook("m_after", "after"))).status_code == 200
 
 
 async def test_a_read_only_database_is_unavailable_with_one_warning_per_request(

@@ -73,7 +73,7 @@ async def test_profile_is_fetched_once_per_period(setup, graph) -> None:  # type
         "profile_pic": "https://platform-lookaside.fbsbx.com/platform/profilepic/?psid=1",
     }
     for i in range(3):
-        await harness.stub.Ingest(
+        await harness.ingest(
             router_pb2.IngestRequest(events=[event("message", f"m_p{i}", 1000 + i)])
         )
         await fetcher.idle()
@@ -95,7 +95,7 @@ async def test_no_profile_is_recorded_and_not_retried(setup, graph) -> None:  # 
     harness, fetcher, vault = setup
     graph.state.no_profile.add(USER)
     for i in range(2):
-        await harness.stub.Ingest(
+        await harness.ingest(
             router_pb2.IngestRequest(events=[event("message", f"m_n{i}", 1000 + i)])
         )
         await fetcher.idle()
@@ -110,7 +110,7 @@ async def test_no_profile_is_recorded_and_not_retried(setup, graph) -> None:  # 
 async def test_dead_token_marks_reauth_and_the_message_is_kept(setup, graph) -> None:  # type: ignore[no-untyped-def]
     harness, fetcher, vault = setup
     graph.state.fail(method="GET", path_contains=f"/{USER}", preset="190_460", times=1)
-    reply = await harness.stub.Ingest(
+    reply = await harness.ingest(
         router_pb2.IngestRequest(events=[event("message", "m_dead", 1000)])
     )
     await fetcher.idle()

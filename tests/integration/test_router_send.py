@@ -82,7 +82,7 @@ async def harness(database_url, redis_url, redis_prefix, client, vault) -> Async
 
 async def person_wrote(harness: RouterHarness, hours_ago: float, mid: str = "m_in") -> None:
     ts = int(time.time() * 1000 - hours_ago * HOUR)
-    await harness.stub.Ingest(router_pb2.IngestRequest(events=[event("message", mid, ts)]))
+    await harness.ingest(router_pb2.IngestRequest(events=[event("message", mid, ts)]))
 
 
 def request(key: str, text: str = "Sí, enviamos 🙂", **extra) -> router_pb2.SendMessageRequest:  # type: ignore[no-untyped-def]
@@ -168,7 +168,7 @@ async def test_human_agent_needs_the_page_enabled_and_7_days(  # type: ignore[no
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "HUMAN_AGENT window" in caught.value.details()
     harness.subscriptions.connect(PAGE, "acme", human_agent=False)
-    harness.router._pages.forget(events_pb2.FACEBOOK, PAGE)  # type: ignore[attr-defined]
+    harness.router.pages._directory.forget(events_pb2.FACEBOOK, PAGE)  # type: ignore[attr-defined]
     await person_wrote(harness, hours_ago=30, mid="m_in2")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await harness.stub.SendMessage(request("k-off", human_agent=True))
@@ -274,7 +274,7 @@ async def test_a_pending_send_whose_echo_came_is_accepted(  # type: ignore[no-un
     await pending(harness, "k-echoed")
     echo = event("echo", "m_echoed", int(time.time() * 1000), text="Sí, enviamos 🙂")
     echo.message.metadata = "pagewire:k-echoed"
-    await harness.stub.Ingest(router_pb2.IngestRequest(events=[echo]))
+    await harness.ingest(router_pb2.IngestRequest(events=[echo]))
     settled = await harness.stub.SendMessage(request("k-echoed"))
     assert settled.state == router_pb2.ACCEPTED and list(settled.mids) == ["m_echoed"]
     assert graph.state.send.sent == []

@@ -9,15 +9,20 @@ from pathlib import Path
 from pagewire.kit import migrate
 from pagewire.kit.db import create_engine, sessions
 from services.gateway.normalize import normalize_envelope
-from services.router.fencing import Fences
-from services.router.history import History
+from services.router.assembly import build_router
 from services.router.mutex import LocalLocks
-from services.router.routing import Router
+from services.router.pages import PageInfo
+from tests.support.waiting import wait_for
 
 
 class OnePage:
-    async def account_for(self, platform: int, page_id: str, *, fresh: bool = False) -> str:
-        return "acme"
+    """Every page belongs to acme (what subscriptions would say)."""
+
+    async def page(self, platform: int, page_id: str, *, fresh: bool = False) -> PageInfo:
+        return PageInfo("acme", False)
+
+    def remember(self, platform: int, page_id: str, account_id: str) -> None:
+        return None
 
     def forget(self, platform: int, page_id: str) -> None:
         return None
@@ -30,15 +35,21 @@ async def test_fixtures_on_sqlite_are_stored_once_and_converge(
     await asyncio.to_thread(migrate.upgrade, "router", url)
     engine = create_engine(url, "router")
     factory = sessions(engine)
-    router = Router(factory, LocalLocks(wait_ms=3000), OnePage(), fences=Fences(engine))
+    router = build_router(engine, factory, LocalLocks(wait_ms=3000), OnePage())  # type: ignore[arg-type]
+    router.start()
     try:
         files = sorted((fixtures_dir / "meta").glob("[0-9]*.json"))
         batches = [normalize_envelope(json.loads(p.read_bytes())) for p in files]
-        first = [await router.ingest(events) for events in batches if events]
-        again = [await router.ingest(events) for events in batches if events]
+        first = [await router.appender.ingest(events) for events in batches if events]
+        again = [await router.appender.ingest(events) for events in batches if events]
         assert sum(r.stored for r in first) == sum(len(b) for b in batches)
         assert sum(r.stored for r in again) == 0
-        views, _ = await History(factory).messages(
+
+        async def applied() -> bool:
+            return (await router.monitor.read()).pending == 0
+
+        await wait_for(applied, what="the apply stage on SQLite")
+        views, _ = await router.history.messages(
             conversation_id="",
             page_id="109384756201938",
             user_id="7294015836620194",
@@ -50,4 +61,5 @@ async def test_fixtures_on_sqlite_are_stored_once_and_converge(
         assert "Hola, ¿tienen envío a Bogotá?" in texts  # 01 edited by 14
         assert any(v.row.status == "READ" for v in views)  # 03 read by 06
     finally:
+        await router.stop()
         await engine.dispose()

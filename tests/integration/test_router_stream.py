@@ -42,7 +42,7 @@ async def test_resume_from_cursor_gets_every_change_once_in_order(
             event("message", f"m_{batch}_{i}", 1000 + batch * 10 + i, text=f"{batch}.{i}")
             for i in range(5)
         ]
-        await harness.stub.Ingest(router_pb2.IngestRequest(events=events))
+        await harness.ingest(router_pb2.IngestRequest(events=events))
     expected = 1 + 30  # the conversation, then thirty messages
 
     first = await take(harness, 0, 12)
@@ -57,7 +57,7 @@ async def test_resume_from_cursor_gets_every_change_once_in_order(
 
 
 async def test_live_changes_arrive_while_streaming(harness: RouterHarness) -> None:
-    await harness.stub.Ingest(
+    await harness.ingest(
         router_pb2.IngestRequest(events=[event("echo", "m_out", 1000, text="hello")])
     )
     call = harness.stub.StreamEvents(router_pb2.StreamEventsRequest(account_id="acme"))
@@ -74,7 +74,7 @@ async def test_live_changes_arrive_while_streaming(harness: RouterHarness) -> No
     react = event("reaction", "reaction:1", 1600, mid="m_out", action="react", emoji="👍")
     edit = event("edit", "edit:1", 1700, mid="m_out", text="hello!", num_edit=1)
     for item in (read, react, edit):
-        await harness.stub.Ingest(router_pb2.IngestRequest(events=[item]))
+        await harness.ingest(router_pb2.IngestRequest(events=[item]))
     await asyncio.wait_for(consumer, 10)
     call.cancel()
     kinds = [router_pb2.ChangeKind.Name(c.kind) for c in seen]

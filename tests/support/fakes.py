@@ -17,6 +17,8 @@ class FakeSubscriptions(subscriptions_pb2_grpc.SubscriptionsServiceServicer):
         self.statuses: dict[tuple[int, str], int] = {}
         self.human_agent: dict[tuple[int, str], bool] = {}
         self.get_page_calls = 0
+        # True: every GetPage fails UNAVAILABLE (subscriptions down).
+        self.down = False
 
     def connect(
         self,
@@ -32,6 +34,8 @@ class FakeSubscriptions(subscriptions_pb2_grpc.SubscriptionsServiceServicer):
 
     async def GetPage(self, request, context):  # type: ignore[no-untyped-def]
         self.get_page_calls += 1
+        if self.down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "subscriptions is down")
         account = self.pages.get((request.platform, request.page_id))
         if account is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"page {request.page_id} not connected")

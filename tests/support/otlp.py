@@ -40,6 +40,8 @@ class ReceivedSpan:
     status: str
     resource: dict[str, object]
     start_ns: int = 0
+    # Trace ids of the spans this one links to (an apply batch: the webhooks it applies).
+    linked_traces: tuple[str, ...] = ()
 
     def text(self) -> str:
         """Everything this span exported, as text, for scanning."""
@@ -116,6 +118,7 @@ class OtlpReceiver:
                             status=span.status.message,
                             resource=resource,
                             start_ns=span.start_time_unix_nano,
+                            linked_traces=tuple(link.trace_id.hex() for link in span.links),
                         )
                     )
 

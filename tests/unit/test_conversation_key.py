@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from services.gateway.normalize import normalize_envelope
-from services.router.routing import conversation_key, lock_name
+from services.router.keys import key_of as conversation_key
+from services.router.keys import lock_name
 
 
 def events_of(fixtures_dir: Path, name: str):  # type: ignore[no-untyped-def]

@@ -1,8 +1,9 @@
-"""The router's tables and the statements that write them idempotently.
+"""The router's tables (its schema alone), as SQLAlchemy models.
 
 Idempotence is a property of the database: every insert is an
 INSERT … ON CONFLICT DO NOTHING against a unique constraint, so a redelivered
 event, a retried POST or a second router replica can never add a second row.
+The statements live beside this module, one module per concern.
 """
 
 from __future__ import annotations
@@ -17,12 +18,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    select,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-from pagewire.kit.db import upsert_insert
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a bigint.
 BigId = BigInteger().with_variant(Integer, "sqlite")
@@ -227,12 +224,31 @@ class Change(Base):
 
 
 class EventLog(Base):
-    """Every event applied, raw item included; its unique key is what makes ingest exactly-once."""
+    """The event log: every item received, in append order, with where it stands.
+
+    An Ingest appends (`pending`); the apply stage claims pending entries for a lease,
+    applies them and marks them `applied` (or `parked`, for a page not connected).
+    The unique key on the event id is what makes ingest exactly-once.
+    """
 
     __tablename__ = "events"
     __table_args__ = (
         UniqueConstraint("platform", "page_id", "event_id", name="uq_events_event_id"),
         Index("ix_events_conversation", "conversation_id", "timestamp_ms"),
+        Index(
+            "ix_events_pending",
+            "id",
+            postgresql_where="state = 'pending'",
+            sqlite_where="state = 'pending'",
+        ),
+        Index(
+            "ix_events_parked",
+            "platform",
+            "page_id",
+            "id",
+            postgresql_where="state = 'parked'",
+            sqlite_where="state = 'parked'",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -247,101 +263,40 @@ class EventLog(Base):
     standby: Mapped[bool] = mapped_column(Boolean, default=False)
     raw_json: Mapped[str] = mapped_column(Text, default="")
     received_at_ms: Mapped[int] = mapped_column(BigInteger)
+    # When the append committed (the ACK): the apply lag counts from here.
     stored_at_ms: Mapped[int] = mapped_column(BigInteger)
+    # The normalized event without its raw JSON (kept above), serialized: what is applied.
+    event: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # pending, applied or parked.
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    # A claim by an apply worker: another may take the entry once this has passed.
+    lease_until_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    applied_at_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The W3C traceparent of the Ingest that appended it: the apply batch links to it.
+    trace_parent: Mapped[str] = mapped_column(String(64), default="")
 
 
-class ParkedEvent(Base):
-    """An event for a page that is not connected yet, kept until it is."""
+class RouterPage(Base):
+    """A connected page's account, as subscriptions told the router (RouteParked).
 
-    __tablename__ = "parked_events"
-    __table_args__ = (
-        UniqueConstraint("platform", "page_id", "event_id", name="uq_parked_event_id"),
-        Index("ix_parked_page", "platform", "page_id", "id"),
-    )
+    Read in every apply transaction, so a move or a disconnect reaches every replica
+    before its next apply; a page not here is asked of subscriptions once and kept.
+    """
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    platform: Mapped[str] = mapped_column(String(16))
-    page_id: Mapped[str] = mapped_column(String(128))
-    event_id: Mapped[str] = mapped_column(String(512))
-    kind: Mapped[str] = mapped_column(String(64))
-    # The normalized event, serialized, so routing it later is the same code path as live ingest.
-    event: Mapped[bytes] = mapped_column(LargeBinary)
-    raw_json: Mapped[str] = mapped_column(Text, default="")
-    received_at_ms: Mapped[int] = mapped_column(BigInteger)
-    parked_at_ms: Mapped[int] = mapped_column(BigInteger)
+    __tablename__ = "pages"
+
+    platform: Mapped[str] = mapped_column(String(16), primary_key=True)
+    page_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    updated_at_ms: Mapped[int] = mapped_column(BigInteger)
 
 
-def insert_ignoring_duplicates(session: AsyncSession, table):  # type: ignore[no-untyped-def]
-    """INSERT … ON CONFLICT DO NOTHING for the session's dialect."""
-    return upsert_insert(session.bind.dialect.name)(table).on_conflict_do_nothing()
+class PurgedPage(Base):
+    """A purge's tombstone: events of the page up to this Meta time are dropped at the
+    append, so Meta redelivering a purged body stores nothing again."""
 
+    __tablename__ = "purged_pages"
 
-async def find_or_create_contact(
-    session: AsyncSession, platform: str, page_id: str, user_id: str, now: int
-) -> int:
-    await session.execute(
-        insert_ignoring_duplicates(session, Contact).values(
-            platform=platform,
-            page_id=page_id,
-            user_id=user_id,
-            created_at_ms=now,
-            name="",
-            first_name="",
-            last_name="",
-            username="",
-            profile_pic="",
-            profile_error="",
-            profile_checked_at_ms=0,
-        )
-    )
-    return (
-        await session.execute(
-            select(Contact.id).where(
-                Contact.platform == platform, Contact.page_id == page_id, Contact.user_id == user_id
-            )
-        )
-    ).scalar_one()
-
-
-async def find_or_create_conversation(
-    session: AsyncSession, account_id: str, platform: str, page_id: str, user_id: str, now: int
-) -> tuple[Conversation, bool]:
-    """The conversation, locked for this transaction, and whether it was just created."""
-    # FOR UPDATE: the row lock orders writers of this conversation, so the fence check
-    # that follows sees the latest writer's fence (SQLite serializes writers anyway).
-    locked = (
-        select(Conversation)
-        .where(
-            Conversation.platform == platform,
-            Conversation.page_id == page_id,
-            Conversation.user_id == user_id,
-        )
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    existing = (await session.execute(locked)).scalar_one_or_none()
-    if existing is not None:
-        return existing, False
-    contact_id = await find_or_create_contact(session, platform, page_id, user_id, now)
-    created = await session.execute(
-        insert_ignoring_duplicates(session, Conversation)
-        .values(
-            account_id=account_id,
-            platform=platform,
-            page_id=page_id,
-            user_id=user_id,
-            contact_id=contact_id,
-            created_at_ms=now,
-            last_event_ms=0,
-            message_count=0,
-            delivery_watermark_ms=0,
-            read_watermark_ms=0,
-            fence=0,
-            thread_owner_app_id="",
-            thread_owner_ms=0,
-            last_inbound_ms=0,
-        )
-        .returning(Conversation.id)
-    )
-    was_created = created.scalar_one_or_none() is not None
-    return (await session.execute(locked)).scalar_one(), was_created
+    platform: Mapped[str] = mapped_column(String(16), primary_key=True)
+    page_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    purged_at_ms: Mapped[int] = mapped_column(BigInteger)

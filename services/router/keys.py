@@ -1,0 +1,22 @@
+"""A conversation's key and the name of its lock, shared by the apply stage and the sender.
+
+The key is (platform, page id, user id): the user is the sender of an inbound item
+and the recipient of an echo, so a person's message and the Page's echo of a reply
+take the same lock. The page's own events (no person) are keyed with user "".
+"""
+
+from __future__ import annotations
+
+from pagewire.contract import Platform
+from pagewire.proto import events_pb2
+from services.router.planner import Key
+
+
+def key_of(event: events_pb2.Event) -> Key:
+    return (Platform.from_proto(event.platform).value, event.page_id, event.user_id)
+
+
+def lock_name(key: Key) -> str:
+    """The lock's name inside the `pagewire:lock:{…}` hash tag."""
+    platform, page_id, user_id = key
+    return f"{platform.lower()}:{page_id}:{user_id}"

@@ -1,0 +1,220 @@
+"""Statements on the event log: the append, claims and leases, settling entries, status.
+
+The append is one multi-row statement per group commit: an `INSERT … SELECT FROM
+unnest(…)` on PostgreSQL (a multi-row VALUES list on SQLite) that drops, in the
+same statement, duplicates (the unique event id) and events a purge's tombstone
+covers. Claims take the oldest pending entries whose lease has passed, skipping
+rows another replica is claiming at that instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.router.store import bulk
+
+PENDING, APPLIED, PARKED = "pending", "applied", "parked"
+# An entry the database refused to apply (a value or a bug, not an outage): kept, listed.
+FAILED = "failed"
+
+# The columns an append writes, in this order (the rest have defaults).
+APPEND_COLUMNS = (
+    "platform",
+    "page_id",
+    "user_id",
+    "event_id",
+    "kind",
+    "direction",
+    "timestamp_ms",
+    "standby",
+    "raw_json",
+    "event",
+    "received_at_ms",
+    "trace_parent",
+)
+_PG_TYPES = {
+    "timestamp_ms": "bigint[]",
+    "received_at_ms": "bigint[]",
+    "standby": "boolean[]",
+    "event": "bytea[]",
+}
+
+_PG_APPEND = text(
+    "INSERT INTO events ("
+    + ", ".join(APPEND_COLUMNS)
+    + ", stored_at_ms, state, lease_until_ms, applied_at_ms) SELECT "
+    + ", ".join(f"v.{c}" for c in APPEND_COLUMNS)
+    + ", :now, 'pending', 0, 0 FROM unnest("
+    + ", ".join(f"CAST(:{c} AS {_PG_TYPES.get(c, 'text[]')})" for c in APPEND_COLUMNS)
+    + ") AS v("
+    + ", ".join(APPEND_COLUMNS)
+    + ") WHERE NOT EXISTS (SELECT 1 FROM purged_pages p WHERE p.platform = v.platform"
+    " AND p.page_id = v.page_id AND v.timestamp_ms <= p.purged_at_ms)"
+    " ON CONFLICT (platform, page_id, event_id) DO NOTHING"
+    " RETURNING platform, page_id, event_id"
+)
+
+
+async def append(
+    session: AsyncSession, rows: Sequence[dict[str, Any]], now: int
+) -> set[tuple[str, str, str]]:
+    """Appends `rows` (APPEND_COLUMNS each) as pending entries; returns the keys
+    (platform, page id, event id) that were new — the rest were duplicates or purged."""
+    if not rows:
+        return set()
+    if session.bind.dialect.name == "postgresql":
+        params: dict[str, Any] = {c: [row[c] for row in rows] for c in APPEND_COLUMNS}
+        params["now"] = now
+        result = await session.execute(_PG_APPEND, params)
+        return {tuple(r) for r in result.all()}  # type: ignore[misc]
+    purged = {
+        (r.platform, r.page_id): r.purged_at_ms
+        for r in await session.execute(
+            text("SELECT platform, page_id, purged_at_ms FROM purged_pages")
+        )
+    }
+    kept = [
+        {**row, "stored_at_ms": now, "state": PENDING, "lease_until_ms": 0, "applied_at_ms": 0}
+        for row in rows
+        if row["timestamp_ms"] > purged.get((row["platform"], row["page_id"]), -1)
+    ]
+    inserted = await bulk.insert_ignoring(
+        session, "events", kept, returning=("platform", "page_id", "event_id")
+    )
+    return {tuple(r) for r in inserted}  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed entry: its row id, when it was appended, and its serialized event."""
+
+    row_id: int
+    platform: str
+    page_id: str
+    stored_at_ms: int
+    event: bytes
+    trace_parent: str = ""
+
+
+_PG_CLAIM = text(
+    "UPDATE events SET lease_until_ms = :until WHERE id IN ("
+    " SELECT id FROM events WHERE state = 'pending' AND lease_until_ms < :now"
+    " ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED)"
+    " RETURNING id, platform, page_id, stored_at_ms, event, trace_parent"
+)
+_SQLITE_CLAIM = text(
+    "UPDATE events SET lease_until_ms = :until WHERE id IN ("
+    " SELECT id FROM events WHERE state = 'pending' AND lease_until_ms < :now"
+    " ORDER BY id LIMIT :n)"
+    " RETURNING id, platform, page_id, stored_at_ms, event, trace_parent"
+)
+
+
+async def claim(session: AsyncSession, limit: int, now: int, lease_ms: int) -> list[Claimed]:
+    """The oldest pending entries nobody holds, leased to the caller until now + lease."""
+    statement = _PG_CLAIM if session.bind.dialect.name == "postgresql" else _SQLITE_CLAIM
+    result = await session.execute(statement, {"until": now + lease_ms, "now": now, "n": limit})
+    claimed = [Claimed(r[0], r[1], r[2], r[3], r[4], r[5]) for r in result.all()]
+    claimed.sort(key=lambda c: c.row_id)
+    return claimed
+
+
+_SETTLE_COLUMNS = (
+    ("id", "BIGINT"),
+    ("state", "TEXT"),
+    ("conversation_id", "BIGINT"),
+    ("lease_until_ms", "BIGINT"),
+)
+_SETTLE = (
+    "UPDATE events SET state = v.state, conversation_id = v.conversation_id,"
+    " applied_at_ms = CASE WHEN v.state = 'applied' THEN :now ELSE 0 END,"
+    " lease_until_ms = v.lease_until_ms FROM {values} WHERE events.id = v.id"
+)
+
+
+async def settle(
+    session: AsyncSession, outcomes: Sequence[tuple[int, str, int | None, int]], now: int
+) -> None:
+    """Each entry's outcome in one statement: (row id, state, conversation id, lease until):
+    applied (with its conversation), parked, or pending again — at once (lease 0) or after
+    a short wait (its conversation was busy: the holder is still at it)."""
+    rows = [
+        {"id": i, "state": s, "conversation_id": c, "lease_until_ms": lease}
+        for i, s, c, lease in outcomes
+    ]
+    await bulk.with_values(session, _SETTLE, _SETTLE_COLUMNS, rows, {"now": now})
+
+
+async def release(session: AsyncSession, row_ids: Sequence[int]) -> None:
+    """Gives entries back to the next claim at once (a batch that could not run)."""
+    if row_ids:
+        await settle(session, [(i, PENDING, None, 0) for i in row_ids], 0)
+
+
+async def unpark(session: AsyncSession, platform: str, page_id: str) -> int:
+    """The page's parked entries become pending again; how many."""
+    result = await session.execute(
+        text(
+            "UPDATE events SET state = 'pending', lease_until_ms = 0"
+            " WHERE state = 'parked' AND platform = :platform AND page_id = :page"
+        ),
+        {"platform": platform, "page": page_id},
+    )
+    return result.rowcount or 0
+
+
+async def parked_pages(session: AsyncSession, limit: int) -> list[tuple[str, str]]:
+    """Pages with parked entries (the sweep asks whether they are connected now)."""
+    result = await session.execute(
+        text(
+            "SELECT DISTINCT platform, page_id FROM events WHERE state = 'parked'"
+            " ORDER BY platform, page_id LIMIT :n"
+        ),
+        {"n": limit},
+    )
+    return [(r[0], r[1]) for r in result.all()]
+
+
+@dataclass(frozen=True)
+class LogStatus:
+    """How far behind the apply stage is."""
+
+    pending: int
+    leased: int
+    parked: int
+    failed: int
+    oldest_pending_ms: int = 0  # when the oldest pending entry was appended; 0 when none
+
+
+async def status(session: AsyncSession, now: int) -> LogStatus:
+    row = (
+        await session.execute(
+            text(
+                "SELECT count(*), count(CASE WHEN lease_until_ms >= :now THEN 1 END),"
+                " min(stored_at_ms) FROM events WHERE state = 'pending'"
+            ),
+            {"now": now},
+        )
+    ).one()
+    counts = dict(
+        (
+            await session.execute(
+                text(
+                    "SELECT state, count(*) FROM events WHERE state IN ('parked', 'failed')"
+                    " GROUP BY state"
+                )
+            )
+        ).all()
+    )
+    return LogStatus(
+        int(row[0]),
+        int(row[1] or 0),
+        int(counts.get(PARKED, 0)),
+        int(counts.get(FAILED, 0)),
+        int(row[2] or 0),
+    )
