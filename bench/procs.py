@@ -5,7 +5,8 @@ environment, each child with its own mutual-TLS identity from a throw-away dev
 PKI (or `PAGEWIRE_INSECURE_GRPC=1` when asked), health probed over gRPC as the
 CLI identity. On top of that it records what the benchmark reports: the time
 from `Popen` to SERVING and each process's resident memory, and it can start
-a service from another module (the lock-ablation router in bench.router_variant).
+a service from another module (the lock-ablation router in bench.router_variant,
+the ceiling app in bench.ceiling).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pagewire.kit.tls import DevPki, GrpcSecurity
+from pagewire.kit.tls import IDENTITIES, DevPki, GrpcSecurity
 from pagewire.localsuite import REPO, local_suite
 
 APP_SECRET = "test_app_secret_0123456789abcdef"  # the secret the Meta fixtures are signed with
 VERIFY_TOKEN = "bench-verify-token-7c1e"
 START_TIMEOUT_S = 30.0
+# Processes probed with GET /healthz rather than the gRPC health service.
+HTTP_SERVICES = frozenset({"gateway", "ceiling"})
 
 
 async def wait_until(condition, *, timeout: float, interval: float = 0.01, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -120,8 +123,10 @@ class Suite:
         return f"http://127.0.0.1:{self.procs[name].port}"
 
     def identity_env(self, identity: str) -> dict[str, str]:
-        """The shared environment plus `identity`'s certificate (when TLS is on)."""
-        return {**self.env, **(self.pki.env(identity) if self.pki else {})}
+        """The shared environment plus `identity`'s certificate (when TLS is on and the
+        process is one of the suite's identities: the ceiling app has none)."""
+        tls = self.pki.env(identity) if self.pki and identity in IDENTITIES else {}
+        return {**self.env, **tls}
 
     def security(self, identity: str = "cli") -> GrpcSecurity:
         return self.pki.security(identity) if self.pki else GrpcSecurity.insecure_for(identity)
@@ -164,7 +169,7 @@ class Suite:
     async def _healthy(self, proc: Proc) -> bool:
         if proc.popen.poll() is not None:
             raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}")
-        if proc.service == "gateway":
+        if proc.service in HTTP_SERVICES:
             async with httpx.AsyncClient(timeout=1) as client:
                 return (
                     await client.get(f"http://127.0.0.1:{proc.port}/healthz")

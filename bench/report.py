@@ -1,4 +1,4 @@
-"""The results as a table (what `make bench` prints and docs/PERFORMANCE.md quotes),
+"""The results as tables (what `make bench` prints and docs/PERFORMANCE.md quotes),
 and the shape every results file must have."""
 
 from __future__ import annotations
@@ -6,6 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from bench.locks import STRATEGIES
+
+TARGETS = (
+    "durable_ack_vs_ceiling",
+    "applied_vs_ceiling",
+    "ack_p99_at_1000",
+    "ack_p99_at_5000",
+    "apply_lag_p99_at_1000",
+    "burst_applied",
+    "apply_statements_per_event",
+    "idle_rss",
+)
 
 
 def _yes(met: bool) -> str:
@@ -19,10 +30,11 @@ def table(r: dict[str, Any]) -> str:
         r["throughput"],
         r["latency"],
         r["burst"],
-        r["targets"],
+        r["targets_issue4"],
     )
     ack, rt = lat["ack_ms"], floor["redis_set_nx_px"]
     rows = [
+        *_ceiling_rows(r.get("ceiling", {})),
         (
             "floor: PostgreSQL single-row upserts/s, 8 connections",
             f"{floor['postgres_inserts_per_s']:,.0f} ({floor['postgres_floor_by']})",
@@ -49,6 +61,7 @@ def table(r: dict[str, Any]) -> str:
             f"{ack['p50']:.1f} / {ack['p95']:.1f} / {ack['p99']:.1f} ms",
             f"p99 ≤ 25 ms at 1,000/s — {_yes(t['ack_p99_at_1000']['met'])}",
         ),
+        *_offered_rows(r),
         (
             f"burst: {burst['events']} events, 1 conversation, {burst['posts']} concurrent POSTs",
             f"{burst['drain_s']:.3f} s drain, {burst['events_per_s']:,.0f} events/s"
@@ -63,7 +76,9 @@ def table(r: dict[str, Any]) -> str:
         ),
     ]
     cost = r.get("router_in_process")
-    if cost:
+    if cost and "error" in cost:
+        rows.append(("router in-process", f"not measured: {cost['error'][:120]}", ""))
+    elif cost:
         compiled = cost["statements_by_compile_cache"].get("NO_CACHE_KEY", 0)
         rows.append(
             (
@@ -75,7 +90,11 @@ def table(r: dict[str, Any]) -> str:
                 "",
             )
         )
-    for strategy, res in r.get("lock_ablation", {}).items():
+    ablation = r.get("lock_ablation", {})
+    if "error" in ablation:
+        rows.append(("lock ablation", f"not measured: {ablation['error'][:120]}", ""))
+        ablation = {}
+    for strategy, res in ablation.items():
         rows.append(
             (
                 f"lock ablation, {strategy}: {res['events']} events in {res['posts']} POSTs",
@@ -101,8 +120,115 @@ def table(r: dict[str, Any]) -> str:
             f"≤ 80 MB — {_yes(t['idle_rss']['met'])}; ≤ 2 s — {_yes(t['serving']['met'])}",
         )
     )
-    lines = ["| figure | value | target |", "|---|---|---|"]
+    lines = ["| figure | value | target (issue 4) |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines) + "\n\n" + targets_table(r.get("targets", {}))
+
+
+def _ceiling_rows(c: dict[str, Any]) -> list[tuple[str, str, str]]:
+    if not c:
+        return []
+    best = next((lv for lv in c["levels"] if lv["connections"] == c["connections"]), None)
+    ack = c["ack_ms"] or {"p50": 0.0, "p99": 0.0}
+    rows = [
+        (
+            "ceiling: events/s acknowledged, ACK p99 < 1 s (group commit, same PostgreSQL)",
+            f"{c['events_per_s']:,.0f} events/s, {c['posts_per_s']:,.0f} POSTs/s,"
+            f" ACK p50 / p99 {ack['p50']:.1f} / {ack['p99']:.1f} ms"
+            f" ({c['connections']} connections, {c['generator']})",
+            "",
+        ),
+        (
+            "ceiling: every 200 a committed row",
+            ("yes" if c["every_200_committed"] else "NO")
+            + (
+                f" ({best['posts_committed']:,} rows, {best['rows_per_commit']:g} per commit,"
+                f" ceiling process {best['cpu_cores_ceiling']:.2f} cores)"
+                if best
+                else ""
+            ),
+            "",
+        ),
+    ]
+    py = c.get("python_driver")
+    if py:
+        rows.append(
+            (
+                "ceiling: same, by the Python driver",
+                f"{py['events_per_s']:,.0f} events/s, {py['posts_per_s']:,.0f} POSTs/s,"
+                f" ACK p99 {py['ack_ms']['p99']:.1f} ms",
+                "",
+            )
+        )
+    for eps, step in c.get("open_loop", {}).items():
+        a = step["ack_ms"]
+        rows.append(
+            (
+                f"ceiling: ACK p50 / p99 at {int(eps):,} events/s offered (open loop)",
+                f"{a['p50']:.1f} / {a['p99']:.1f} ms",
+                "",
+            )
+        )
+    bare = c.get("without_storage")
+    if bare:
+        rows.append(
+            (
+                "ceiling without storage (HTTP, signature, JSON)",
+                f"{bare['events_per_s']:,.0f} events/s, {bare['posts_per_s']:,.0f} POSTs/s,"
+                f" ACK p99 {bare['ack_ms']['p99']:.1f} ms",
+                "",
+            )
+        )
+    return rows
+
+
+def _offered_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    for eps, step in r.get("offered", {}).items():
+        a, lag = step["ack_ms"], step["apply_lag_ms"]
+        others = sum(n for s, n in step["statuses"].items() if s != "200")
+        rows.append(
+            (
+                f"ACK p50 / p99 at {int(eps):,} events/s offered, exactly",
+                f"{a['p50']:.1f} / {a['p99']:.1f} ms, committed"
+                f" {step['committed_events_per_s']:,.0f}/s, {others} non-200,"
+                f" apply lag p99 {lag['p99']:.0f} ms",
+                "",
+            )
+        )
+    applied = r.get("applied", {})
+    if "events_per_s" in applied:
+        rows.append(
+            (
+                f"applied (visible) events/s over {applied['seconds']:g} s",
+                f"{applied['events_per_s']:,.0f} at {applied['offered_events_per_s']:,.0f}"
+                f" offered, pending {applied['pending_at_middle']} → {applied['pending_at_end']}",
+                "",
+            )
+        )
+    return rows
+
+
+def _figure(value: object) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 10 else f"{value:,.0f}"
+    return str(value)
+
+
+def targets_table(t: dict[str, dict[str, Any]]) -> str:
+    """Issue 13's targets: name, figure, target, met, note."""
+    lines = ["| target | figure | target value | met | note |", "|---|---|---|---|---|"]
+    for name in TARGETS:
+        row = t.get(name)
+        if row is None:
+            continue
+        note = str(row.get("note", "")).replace("|", "/")
+        lines.append(
+            f"| `{name}` | {_figure(row['figure'])} | {row['target']} |"
+            f" {'met' if row['met'] else 'MISSED'} | {note} |"
+        )
     return "\n".join(lines)
 
 
@@ -116,7 +242,10 @@ REQUIRED = {
     "burst": dict,
     "lock_ablation": dict,
     "resources": dict,
+    "ceiling": dict,
+    "offered": dict,
     "targets": dict,
+    "targets_issue4": dict,
 }
 
 
@@ -136,6 +265,7 @@ def problems(r: dict[str, Any]) -> list[str]:
         "throughput.events_per_s": r["throughput"].get("events_per_s"),
         "latency.ack_ms.p99": r["latency"].get("ack_ms", {}).get("p99"),
         "burst.drain_s": r["burst"].get("drain_s"),
+        "ceiling.events_per_s": r["ceiling"].get("events_per_s"),
     }
     out += [f"{k}: not a number" for k, v in numbers.items() if not isinstance(v, int | float)]
     if r["burst"].get("duplicates") != 0:
@@ -144,6 +274,16 @@ def problems(r: dict[str, Any]) -> list[str]:
         out.append(f"burst.missing: {r['burst'].get('missing')}")
     if r["burst"].get("order_ok") is not True:
         out.append("burst.order_ok: stored order differs from Meta's timestamps")
+    if r["ceiling"].get("every_200_committed") is not True:
+        out.append("ceiling.every_200_committed: a 200 without its committed row")
+    for name in TARGETS:
+        row = r["targets"].get(name)
+        if not isinstance(row, dict) or not {"figure", "target", "met"} <= row.keys():
+            out.append(f"targets.{name}: missing or without figure/target/met")
+        elif not isinstance(row["met"], bool):
+            out.append(f"targets.{name}.met: not true/false")
+        elif row["figure"] is None and (row["met"] or not row.get("note")):
+            out.append(f"targets.{name}: no figure, so met must be false with a note")
     missing = [s for s in STRATEGIES if s not in r["lock_ablation"]]
     if missing:
         out.append(f"lock_ablation: no result for {missing}")
