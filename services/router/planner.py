@@ -211,6 +211,7 @@ class _Conversation:
     def __init__(self, plan: Plan, known: Known, conv: ConversationState, now: int) -> None:
         self.plan, self.known, self.conv, self.now = plan, known, conv, now
         self.account = conv.account_id
+        self.created: list[dict[str, Any]] = []  # the messages this plan inserts here
 
     # -- lookups over what is stored and what this plan adds ----------------------------
 
@@ -298,7 +299,7 @@ class _Conversation:
             )
         if self.stored(mid) is not None or self.new(mid) is not None:
             return  # already stored (for example our own send, matched by its echo)
-        self.plan.new_messages[self._key(mid)] = message_row(
+        row = self.plan.new_messages[self._key(mid)] = message_row(
             conversation_id=conv.id,
             platform=conv.platform,
             page_id=conv.page_id,
@@ -312,6 +313,7 @@ class _Conversation:
             standby=event.standby,
             **fields,
         )
+        self.created.append(row)
         self.plan.change(self.account, "MESSAGE_CREATED", conv.id, self._key(mid))
 
     def edit(self, event: events_pb2.Event) -> None:
@@ -413,7 +415,7 @@ class _Conversation:
     def finish(self) -> None:
         """Final text, deletion and status of the messages this plan inserts."""
         conv = self.conv
-        mine = [row for row in self.plan.new_messages.values() if row["conversation_id"] == conv.id]
+        mine = self.created
         for row in mine:
             marks = self.marks(row["mid"])
             if row["direction"] == "OUTBOUND" and READ in marks:

@@ -37,23 +37,29 @@ APPEND_COLUMNS = (
     "received_at_ms",
     "trace_parent",
 )
-_PG_TYPES = {
-    "timestamp_ms": "bigint[]",
-    "received_at_ms": "bigint[]",
-    "standby": "boolean[]",
-    "event": "bytea[]",
-}
+_APPEND_TYPES = (
+    ("platform", "TEXT"),
+    ("page_id", "TEXT"),
+    ("user_id", "TEXT"),
+    ("event_id", "TEXT"),
+    ("kind", "TEXT"),
+    ("direction", "TEXT"),
+    ("timestamp_ms", "BIGINT"),
+    ("standby", "BOOLEAN"),
+    ("raw_json", "TEXT"),
+    ("event", "BYTEA"),
+    ("received_at_ms", "BIGINT"),
+    ("trace_parent", "TEXT"),
+)
+assert tuple(name for name, _ in _APPEND_TYPES) == APPEND_COLUMNS
 
-_PG_APPEND = text(
+_PG_APPEND = (
     "INSERT INTO events ("
     + ", ".join(APPEND_COLUMNS)
     + ", stored_at_ms, state, lease_until_ms, applied_at_ms) SELECT "
     + ", ".join(f"v.{c}" for c in APPEND_COLUMNS)
-    + ", :now, 'pending', 0, 0 FROM unnest("
-    + ", ".join(f"CAST(:{c} AS {_PG_TYPES.get(c, 'text[]')})" for c in APPEND_COLUMNS)
-    + ") AS v("
-    + ", ".join(APPEND_COLUMNS)
-    + ") WHERE NOT EXISTS (SELECT 1 FROM purged_pages p WHERE p.platform = v.platform"
+    + ", :now, 'pending', 0, 0 FROM {values}"
+    " WHERE NOT EXISTS (SELECT 1 FROM purged_pages p WHERE p.platform = v.platform"
     " AND p.page_id = v.page_id AND v.timestamp_ms <= p.purged_at_ms)"
     " ON CONFLICT (platform, page_id, event_id) DO NOTHING"
     " RETURNING platform, page_id, event_id"
@@ -68,10 +74,8 @@ async def append(
     if not rows:
         return set()
     if session.bind.dialect.name == "postgresql":
-        params: dict[str, Any] = {c: [row[c] for row in rows] for c in APPEND_COLUMNS}
-        params["now"] = now
-        result = await session.execute(_PG_APPEND, params)
-        return {tuple(r) for r in result.all()}  # type: ignore[misc]
+        new = await bulk.with_values(session, _PG_APPEND, _APPEND_TYPES, rows, {"now": now})
+        return {tuple(r) for r in new}  # type: ignore[misc]
     purged = {
         (r.platform, r.page_id): r.purged_at_ms
         for r in await session.execute(
