@@ -56,6 +56,12 @@ MAX_APP_ID = 64
 MAX_KIND = 64
 MAX_REACTION = 32
 MAX_EMOJI = 64
+MAX_VERB = 16
+# A comment's author's display name (Facebook name, Instagram username).
+MAX_NAME = 256
+# The comment verbs the router folds; any other is kept raw.
+COMMENT_VERBS = frozenset({"add", "edited", "remove", "hide", "unhide"})
+POST_REACTION_VERBS = frozenset({"add", "edit", "remove"})
 # The most events one Ingest may carry; the gateway sends larger POSTs in several calls.
 MAX_EVENTS_PER_CALL = 1000
 
@@ -84,6 +90,22 @@ def unstorable(event: events_pb2.Event) -> str | None:
             return f"{name}: holds a NUL character"
     if kind == "message" and "\x00" in event.message.text:
         return "message.text: holds a NUL character"
+    if kind == "comment":
+        c = event.comment
+        if not c.comment_id or not c.post_id:
+            return "comment: needs comment_id and post_id"
+        if c.verb not in COMMENT_VERBS:
+            return "comment.verb: not one the router folds"
+        if "\x00" in c.text:
+            return "comment.text: holds a NUL character"
+    if kind == "post_reaction":
+        r = event.post_reaction
+        if not r.post_id or not r.user_id:
+            return "post_reaction: needs post_id and user_id"
+        if r.verb not in POST_REACTION_VERBS:
+            return "post_reaction.verb: not one the router folds"
+    if kind == "mention" and not event.mention.media_id:
+        return "mention: needs media_id"
     return None
 
 
@@ -120,6 +142,35 @@ def _bounded_fields(event: events_pb2.Event, kind: str) -> list[tuple[str, str, 
         ]
     if kind == "unsupported":
         return [("unsupported.kind", event.unsupported.kind, MAX_KIND)]
+    if kind == "comment":
+        c = event.comment
+        return [
+            ("comment.comment_id", c.comment_id, MAX_MID),
+            ("comment.post_id", c.post_id, MAX_MID),
+            ("comment.parent_id", c.parent_id, MAX_MID),
+            ("comment.verb", c.verb, MAX_VERB),
+            ("comment.author_id", c.author_id, MAX_USER_ID),
+            ("comment.author_name", c.author_name, MAX_NAME),
+            ("comment.field", c.field, MAX_KIND),
+            ("comment.media_product_type", c.media_product_type, MAX_KIND),
+            ("comment.ad_id", c.ad_id, MAX_MID),
+        ]
+    if kind == "post_reaction":
+        r = event.post_reaction
+        return [
+            ("post_reaction.post_id", r.post_id, MAX_MID),
+            ("post_reaction.comment_id", r.comment_id, MAX_MID),
+            ("post_reaction.reaction_type", r.reaction_type, MAX_REACTION),
+            ("post_reaction.verb", r.verb, MAX_VERB),
+            ("post_reaction.user_id", r.user_id, MAX_USER_ID),
+            ("post_reaction.user_name", r.user_name, MAX_NAME),
+        ]
+    if kind == "mention":
+        m = event.mention
+        return [
+            ("mention.media_id", m.media_id, MAX_MID),
+            ("mention.comment_id", m.comment_id, MAX_MID),
+        ]
     return []
 
 

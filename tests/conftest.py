@@ -124,3 +124,12 @@ def fixtures_dir() -> Path:
     if not (FIXTURES / "meta" / "SIGNATURES.json").exists():
         pytest.exit(f"fixtures not found at {FIXTURES}; set PAGEWIRE_FIXTURES", returncode=3)
     return FIXTURES
+
+
+COMMENT_FIXTURES = REPO / "tests" / "fixtures" / "comments"
+
+
+@pytest.fixture(scope="session")
+def comment_fixtures_dir() -> Path:
+    """tests/fixtures/comments: comment, post reaction and mention webhook bodies."""
+    return COMMENT_FIXTURES

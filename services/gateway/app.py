@@ -49,10 +49,7 @@ from pagewire.kit.channels import open_channel
 from pagewire.kit.metrics import exposition
 from pagewire.kit.settings import Secret
 from pagewire.kit.tls import GrpcSecurity
-from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc
-from services.gateway import metrics
-from services.gateway.config import GatewaySettings
-from services.gateway.normalize import (
+from pagewire.normalize import (
     OBJECTS,
     MalformedEnvelope,
     TooManyItems,
@@ -60,6 +57,9 @@ from services.gateway.normalize import (
     parse_envelope,
     platform_of,
 )
+from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc
+from services.gateway import metrics
+from services.gateway.config import GatewaySettings
 from services.gateway.redaction import redacted_json
 from services.gateway.signature import (
     LEGACY_SIGNATURE_HEADER,

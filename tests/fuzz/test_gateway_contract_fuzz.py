@@ -1,7 +1,8 @@
 """Generated webhooks against the gateway alone: every event it emits keeps the event contract,
 and with a router that works it never answers a 5xx.
 
-The bodies are those of test_gateway_fuzz (changes[] items included). Here the
+The bodies are those of test_gateway_fuzz (changes[] items included, comments, post
+reactions and mentions among them). Here the
 gateway runs in this process in front of a fake router over real gRPC, so each
 Ingest's events can be checked one by one with `contract.unstorable`; the
 normalization is also checked directly, without HTTP, on many more envelopes.
@@ -20,9 +21,9 @@ from hypothesis import strategies as st
 from pagewire import contract
 from pagewire.kit.authz import Policy
 from pagewire.kit.grpcserver import start_server
+from pagewire.normalize import event_digest, normalize_envelope, renormalize
 from pagewire.proto import events_pb2, router_pb2_grpc
 from services.gateway.app import ROUTER_SERVICE
-from services.gateway.normalize import normalize_envelope
 from tests.fuzz.test_gateway_fuzz import (
     APP_SECRET,
     _render,
@@ -96,6 +97,39 @@ def test_normalized_events_always_keep_the_contract(body: object, platform: int)
     assert broken_contract(events) == []
     for event in events:
         events_pb2.Event.FromString(event.SerializeToString())
+
+
+MODELLED = {"comment", "post_reaction", "mention"}
+
+
+@settings(FUZZ, max_examples=EXAMPLES * 3)
+@given(
+    changes=st.lists(change, min_size=1, max_size=4),
+    time=timestamps,
+    platform=st.sampled_from([events_pb2.FACEBOOK, events_pb2.INSTAGRAM]),
+)
+def test_a_change_is_its_kind_or_kept_raw_under_its_field_and_its_id_never_moves(
+    changes: list[dict[str, object]], time: object, platform: int
+) -> None:
+    body = {"object": "page", "entry": [{"id": PAGE, "time": time, "changes": changes}]}
+    demoted: list[str] = []
+    events = normalize_envelope(
+        body,
+        platform=platform,
+        received_at_ms=1_800_000_000_000,
+        on_demoted=lambda _event, reason: demoted.append(reason),
+    )
+    # What the contract refuses stays `unsupported` of its field, never `<kind>:invalid`.
+    assert demoted == [] and broken_contract(events) == []
+    assert len(events) == len(changes)
+    for event, one_change in zip(events, changes, strict=True):
+        field = event.id.rsplit(":", 1)[0]
+        assert event.id == event_digest(field, platform, PAGE, one_change)
+        kind = event.WhichOneof("kind")
+        assert kind in MODELLED or event.unsupported.kind == field
+        assert event.user_id == ""
+        # Normalized again from its raw item (the router after an upgrade): the same event.
+        assert renormalize(event) == event
 
 
 @pytest.fixture(scope="module")

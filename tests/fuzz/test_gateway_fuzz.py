@@ -2,11 +2,11 @@
 signature, and the gateway keeps serving.
 
 Bodies are random JSON, Meta-shaped envelopes (messaging, standby and changes
-items) with wrong types and missing ids, numbers far past 64 bits, truncated and
-non-UTF-8 fixtures and deep nesting, all correctly signed (so they reach parsing
-and the router); and well-formed envelopes with bad signatures, which must get
-401 and change nothing. A few hundred cases in `make test`; `make chaos` sets
-PAGEWIRE_FUZZ_EXAMPLES=2000.
+items, comments, post reactions and mentions among them) with wrong types and
+missing ids, numbers far past 64 bits, truncated and non-UTF-8 fixtures and deep
+nesting, all correctly signed (so they reach parsing and the router); and
+well-formed envelopes with bad signatures, which must get 401 and change nothing.
+A few hundred cases in `make test`; `make chaos` sets PAGEWIRE_FUZZ_EXAMPLES=2000.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from bench.bodies import sign
 from bench.db import plain_url
 from bench.procs import APP_SECRET, Suite
-from tests.conftest import FIXTURES
+from tests.conftest import COMMENT_FIXTURES, FIXTURES
 from tests.fuzz.conftest import CONNECTED_PAGE
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -34,7 +34,13 @@ pytestmark = [pytest.mark.fuzz, pytest.mark.e2e, pytest.mark.timeout(900)]
 EXAMPLES = int(os.environ.get("PAGEWIRE_FUZZ_EXAMPLES", "300"))
 BAD_SIGNATURE_MARK = "fuzzbadsig"
 _HUGE = re.compile(rb'"__HUGE_(-?)(\d+)__"')
-FIXTURE_BODIES = [p.read_bytes() for p in sorted((FIXTURES / "meta").glob("[0-9]*.json"))]
+FIXTURE_BODIES = [
+    p.read_bytes()
+    for p in [
+        *sorted((FIXTURES / "meta").glob("[0-9]*.json")),
+        *sorted(COMMENT_FIXTURES.glob("*.json")),
+    ]
+]
 
 
 def _render(value: Any) -> bytes:
@@ -152,27 +158,109 @@ item = st.fixed_dictionaries(
 iso_times = st.datetimes(timezones=st.none() | st.timezones()).map(
     lambda moment: moment.isoformat()
 )
-change = st.fixed_dictionaries(
+created_times = timestamps | iso_times
+comment_verbs = st.sampled_from(["add", "edited", "edit", "remove", "hide", "unhide", "block"])
+reaction_verbs = st.sampled_from(["add", "edit", "edited", "remove"])
+reaction_types = st.sampled_from(["like", "love", "haha", "wow", "sad", "angry", "care"])
+
+
+def author(name_key: str) -> st.SearchStrategy[Any]:
+    """`value.from` of a comment: `{id, name}` (Facebook) or `{id, username}` (Instagram)."""
+    return st.fixed_dictionaries({}, optional={"id": ids, name_key: texts}) | any_json
+
+
+media = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": ids,
+        "media_product_type": st.sampled_from(["FEED", "REELS", "AD", "LIVE", "STORY"]) | texts,
+        "ad_id": ids,
+        "ad_title": texts,
+        "original_media_id": ids,
+    },
+)
+# Any shape, comment-like keys included: mostly items Pagewire keeps raw.
+loose_change = st.fixed_dictionaries(
     {},
     optional={
         "field": st.sampled_from(["feed", "comments", "live_comments", "mentions", "x"]) | texts,
         "value": st.fixed_dictionaries(
             {},
             optional={
-                "from": party(),
-                "created_time": timestamps | iso_times,
-                "item": st.sampled_from(["comment", "reaction", "status"]) | any_json,
-                "verb": st.sampled_from(["add", "edited", "remove"]) | any_json,
+                "from": party() | author("name") | author("username"),
+                "created_time": created_times,
+                "item": st.sampled_from(["comment", "reaction", "status", "post", "like"])
+                | any_json,
+                "verb": comment_verbs | any_json,
                 "message": texts,
                 "text": texts,
                 "post_id": ids,
                 "comment_id": ids,
-                "media": any_json,
+                "parent_id": ids,
+                "reaction_type": reaction_types | texts,
+                "photo": texts,
+                "video": texts,
+                "id": ids,
+                "media": media | any_json,
+                "media_id": ids,
             },
         )
         | any_json,
     },
 )
+# The shapes of comments, reactions and mentions, with what their kind needs present (each
+# value still of any type or length): mostly items Pagewire models.
+feed_comment = st.fixed_dictionaries(
+    {
+        "field": st.just("feed"),
+        "value": st.fixed_dictionaries(
+            {"item": st.just("comment"), "verb": comment_verbs, "comment_id": ids, "post_id": ids},
+            optional={
+                "from": author("name"),
+                "parent_id": ids,
+                "message": texts,
+                "created_time": created_times,
+                "photo": texts,
+                "video": texts,
+            },
+        ),
+    }
+)
+feed_reaction = st.fixed_dictionaries(
+    {
+        "field": st.just("feed"),
+        "value": st.fixed_dictionaries(
+            {
+                "item": st.just("reaction"),
+                "verb": reaction_verbs,
+                "post_id": ids,
+                "from": author("name"),
+            },
+            optional={
+                "comment_id": ids,
+                "parent_id": ids,
+                "reaction_type": reaction_types | texts,
+                "created_time": created_times,
+            },
+        ),
+    }
+)
+instagram_comment = st.fixed_dictionaries(
+    {
+        "field": st.sampled_from(["comments", "live_comments"]),
+        "value": st.fixed_dictionaries(
+            {"id": ids, "media": media},
+            optional={"from": author("username"), "text": texts, "parent_id": ids},
+        ),
+    }
+)
+instagram_mention = st.fixed_dictionaries(
+    {
+        "field": st.just("mentions"),
+        "value": st.fixed_dictionaries({"media_id": ids}, optional={"comment_id": ids}),
+    }
+)
+change = loose_change | feed_comment | feed_reaction | instagram_comment | instagram_mention
 entry = st.fixed_dictionaries(
     {},
     optional={

@@ -664,7 +664,7 @@ def messages_body(count: int, text: str = "hi") -> bytes:
     ).encode()
 
 
-async def test_changes_items_are_forwarded_as_unsupported_events(
+async def test_changes_items_are_forwarded_as_comment_and_mention_events(
     gateway: httpx.AsyncClient, router: FakeRouter
 ) -> None:
     comment = {
@@ -689,10 +689,16 @@ async def test_changes_items_are_forwarded_as_unsupported_events(
     assert (await post(gateway, body)).json() == {"status": "ok", "events": 1}
     assert (await post(gateway, ig_body, IG)).json() == {"status": "ok", "events": 1}
     feed, mentioned = router.events()
-    # The page's event: the commenter stays in the raw item.
-    assert (feed.unsupported.kind, feed.user_id, feed.timestamp_ms) == ("feed", "", 1778163045000)
+    # The page's event, at the time Meta notified it; the commenter is the comment's author.
+    assert (feed.WhichOneof("kind"), feed.user_id, feed.timestamp_ms) == (
+        "comment",
+        "",
+        1778163045612,
+    )
+    assert (feed.comment.comment_id, feed.comment.author_id) == ("901_4471", "6183920457712836")
     assert json.loads(feed.raw_json) == comment
-    assert (mentioned.unsupported.kind, mentioned.user_id) == ("mentions", "")
+    assert (mentioned.WhichOneof("kind"), mentioned.user_id) == ("mention", "")
+    assert (mentioned.mention.media_id, mentioned.mention.comment_id) == ("1791", "1789")
     assert mentioned.platform == events_pb2.INSTAGRAM
     # Meta's retry of the same body carries the same ids.
     await post(gateway, body)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from services.gateway.normalize import normalize_envelope
+from pagewire.normalize import normalize_envelope
 from services.router.keys import key_of as conversation_key
 from services.router.keys import lock_name
 

@@ -12,8 +12,7 @@ import pytest
 
 from pagewire import contract
 from pagewire.contract import Platform
-from pagewire.proto import events_pb2
-from services.gateway.normalize import (
+from pagewire.normalize import (
     MAX_DEPTH,
     MalformedEnvelope,
     TooManyItems,
@@ -26,6 +25,7 @@ from services.gateway.normalize import (
     raw_json,
     to_ms,
 )
+from pagewire.proto import events_pb2
 
 RECEIVED = 1_800_000_000_123
 PAGE = "109384756201938"
@@ -1094,15 +1094,16 @@ CHANGES: dict[str, dict[str, Any]] = {
         "value": {"media_id": "17918195224117852", "impressions": 44, "reach": 30},
     },
 }
+# name → (field, the event's kind).
 CHANGE_KINDS = {
-    "feed_comment_add": "feed",
-    "feed_comment_edited": "feed",
-    "feed_comment_remove": "feed",
-    "feed_reaction": "feed",
-    "instagram_comment": "comments",
-    "instagram_live_comment": "live_comments",
-    "instagram_mention": "mentions",
-    "unknown_field": "story_insights",
+    "feed_comment_add": ("feed", "comment"),
+    "feed_comment_edited": ("feed", "comment"),
+    "feed_comment_remove": ("feed", "comment"),
+    "feed_reaction": ("feed", "post_reaction"),
+    "instagram_comment": ("comments", "comment"),
+    "instagram_live_comment": ("live_comments", "comment"),
+    "instagram_mention": ("mentions", "mention"),
+    "unknown_field": ("story_insights", "unsupported"),
 }
 
 
@@ -1121,24 +1122,28 @@ def change_body(*changes: Any, page: Any = None, time: Any = 1778163045612) -> d
 
 
 @pytest.mark.parametrize("name", list(CHANGES), ids=list(CHANGES))
-def test_every_change_item_becomes_one_unsupported_event(name: str) -> None:
+def test_every_change_item_becomes_one_event_of_the_page(name: str) -> None:
     change = CHANGES[name]
+    field, kind = CHANGE_KINDS[name]
     body = change_body(change)
     [event] = normalize_envelope(body, received_at_ms=RECEIVED)
     page = body["entry"][0]["id"]
-    assert event.WhichOneof("kind") == "unsupported"
-    assert event.unsupported.kind == CHANGE_KINDS[name]
+    assert event.WhichOneof("kind") == kind
+    assert kind != "unsupported" or event.unsupported.kind == field
     assert json.loads(event.raw_json) == change
     assert event.page_id == page
     assert event.platform == (IG if body["object"] == "instagram" else FB)
-    assert event.id.startswith(CHANGE_KINDS[name] + ":")
+    assert event.id == event_digest(field, event.platform, page, change)
     assert not event.standby and event.received_at_ms == RECEIVED
     assert contract.unstorable(event) is None
-    # The page's event, not a conversation's: the author stays in the raw item.
+    # The page's event, not a conversation's: the author is in the kind's fields.
     assert event.user_id == ""
     assert event.direction == INBOUND
+    # A comment, reaction or mention happened when Meta notified it; an item kept raw
+    # keeps its creation time first.
     created = change["value"].get("created_time")
-    assert event.timestamp_ms == (created * 1000 if created else 1778163045612)
+    expected = 1778163045612 if kind != "unsupported" or not created else created * 1000
+    assert event.timestamp_ms == expected
     # Meta's redelivery of the same body gives the same id.
     [again] = normalize_envelope(copy.deepcopy(body), received_at_ms=RECEIVED + 999)
     assert again.id == event.id
@@ -1178,8 +1183,8 @@ def test_one_entry_mixing_messaging_standby_and_changes_gives_every_item() -> No
     assert [(e.WhichOneof("kind"), e.id.split(":")[0]) for e in events] == [
         ("message", "m_mixed"),
         ("message", "m_standby"),
-        ("unsupported", "feed"),
-        ("unsupported", "feed"),
+        ("comment", "feed"),
+        ("post_reaction", "feed"),
     ]
     assert len({e.id for e in events}) == 4
 
@@ -1188,6 +1193,7 @@ def test_a_change_by_the_page_itself_is_outbound() -> None:
     own = {"field": "feed", "value": {**FEED_ADD["value"], "from": {"id": PAGE, "name": "Shop"}}}
     [event] = normalize_envelope(change_body(own))
     assert event.user_id == "" and event.direction == OUTBOUND
+    assert event.comment.author_id == PAGE and event.comment.author_name == "Shop"
 
 
 @pytest.mark.parametrize(
@@ -1206,7 +1212,9 @@ def test_a_change_by_the_page_itself_is_outbound() -> None:
         ("0001-01-01T00:00:00+0000", 1778163045612),
     ],
 )
-def test_change_time_is_created_time_else_the_entry_time(created: Any, expected: int) -> None:
+def test_unsupported_change_time_is_created_time_else_the_entry_time(
+    created: Any, expected: int
+) -> None:
     change = {"field": "feed", "value": {"item": "status", "created_time": created}}
     [event] = normalize_envelope(change_body(change), received_at_ms=RECEIVED)
     assert event.timestamp_ms == expected

@@ -6,10 +6,13 @@ arrived on. Meta's payloads vary (ids as numbers or strings, seconds or
 milliseconds, float timestamps, missing senders, the dashboard's test body), so
 nothing here trusts a type: a value of the wrong type reads as absent, and an
 item that cannot be understood travels as `unsupported` with its raw JSON. A
-`changes[]` item (Page `feed`, Instagram `comments`, `mentions`, any field) is
-`unsupported` with its field as kind until comments are modelled. What an event
-may hold is the event contract's (pagewire/contract.py): an event that breaks it
-is sent as the contract's demoted `unsupported` event instead, its raw item kept.
+`changes[]` item is a comment, a post reaction or a mention when it is one (Page
+`feed` comments and reactions, Instagram `comments`, `live_comments` and `mentions`),
+and any other is `unsupported` with its field as kind. What an event may hold is the
+event contract's (pagewire/contract.py): an event that breaks it is sent as the
+contract's demoted `unsupported` event instead, its raw item kept. The gateway
+normalizes what it receives; the router normalizes the raw items of its log again
+after an upgrade (`renormalize`), so an item keeps its id across versions.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pagewire.contract import (
     MAX_APP_ID,
     MAX_EVENT_ID,
     MAX_KIND,
+    MAX_NAME,
     MAX_PAGE_ID,
     MAX_USER_ID,
     Platform,
@@ -343,15 +347,28 @@ def normalize_change(
     entry_time_ms: int | None = None,
     received_at_ms: int,
 ) -> events_pb2.Event:
-    """One `changes[]` item (`{"field": ..., "value": {...}}`) → one `unsupported` Event.
+    """One `changes[]` item (`{"field": ..., "value": {...}}`) → one Event of the page.
 
-    Its kind is the field (`feed`, `comments`, `live_comments`, `mentions`, any other),
-    its raw JSON the whole change item. It is the page's event, not a conversation's (no
-    person): a comment's author is not someone the page messages, and comment threads
-    are their own model; the author being the page itself makes it outbound. The time
-    is `value.created_time` (seconds, or an ISO string in Graph's style), else the
-    entry's. The id is a digest of the field and the item, as
-    for id-less messaging items: a redelivery gets the same id, any other item another.
+    Page `feed` comments become `comment` events and its reactions `post_reaction`
+    events; Instagram `comments` and `live_comments` become `comment` events and
+    `mentions` `mention` events (each field on its own platform only). Any other item —
+    other feed items (posts, statuses, photos, shares...), other fields, an item lacking
+    what its kind needs (a comment without its id or post, a verb the router does not
+    fold: whatever `contract.unstorable` refuses) — is `unsupported` with the field as
+    kind.
+
+    The event is the page's, not a conversation's (user_id is empty): a commenter is not
+    someone the page messages, and comment threads are their own model; the author being
+    the page itself makes it outbound. The id is a digest of the field and the item, as
+    for id-less messaging items and whatever the item is modelled as: a redelivery gets
+    the same id, any other item another, and an item kept by an older version keeps its
+    id when normalized again. The raw JSON is the whole change item.
+
+    Time: a comment, reaction or mention is ordered by when it happened, which is the
+    entry's `time` (Meta's time of the notification: an edit is not ordered by the
+    comment's creation), else `value.created_time`, else the moment of receipt. An
+    `unsupported` item keeps the older order: `created_time` (epoch seconds, or an ISO
+    string in Graph's style), then the entry's time.
     """
     field = _text(change.get("field"))[:MAX_KIND] or "unknown"
     raw_value = change.get("value")
@@ -365,11 +382,139 @@ def normalize_change(
         direction=events_pb2.OUTBOUND if author == page_id else events_pb2.INBOUND,
         raw_json=raw_json(change),
         received_at_ms=received_at_ms,
-        unsupported=events_pb2.UnsupportedEvent(kind=field),
     )
     created_ms = _created_ms(value.get("created_time"))
+    kind = _fill_change(event, platform, field, value, created_ms)
+    if kind is not None and contract.unstorable(event) is None:
+        event.timestamp_ms = entry_time_ms or created_ms or received_at_ms
+        return event
+    if kind is not None:
+        event.ClearField(kind)
+    event.unsupported.kind = field
     event.timestamp_ms = created_ms or entry_time_ms or received_at_ms
     return event
+
+
+# Meta spells a comment's edit `edited` and, in some payloads, `edit`; a reaction's change
+# `edit` (and, by the same token, `edited`). The contract has one word for each.
+_COMMENT_VERBS = {"edit": "edited"}
+_REACTION_VERBS = {"edited": "edit"}
+_INSTAGRAM_COMMENT_FIELDS = frozenset({"comments", "live_comments"})
+
+
+def _fill_change(
+    event: events_pb2.Event,
+    platform: int,
+    field: str,
+    value: Mapping[str, Any],
+    created_ms: int | None,
+) -> str | None:
+    """Fills the kind a change item is (`comment`, `post_reaction` or `mention`) and names
+    it; None for an item Pagewire does not model. Whether the fields are enough is the
+    contract's to say (`contract.unstorable`), not this function's."""
+    if platform == events_pb2.FACEBOOK and field == "feed":
+        item = value.get("item")
+        if item == "comment":
+            comment = event.comment
+            comment.comment_id = id_str(value.get("comment_id"))
+            comment.post_id = id_str(value.get("post_id"))
+            # Meta gives a top-level comment its post as parent: only a reply has one.
+            parent = id_str(value.get("parent_id"))
+            comment.parent_id = "" if parent == comment.post_id else parent
+            verb = _text(value.get("verb"))
+            comment.verb = _COMMENT_VERBS.get(verb, verb)
+            comment.text = _text(value.get("message"))
+            comment.author_id, comment.author_name = _author(value, "name")
+            comment.created_time_ms = created_ms or 0
+            comment.field = field
+            comment.attachment_url = _first_text(value.get("photo"), value.get("video"))
+            return "comment"
+        if item == "reaction":
+            reaction = event.post_reaction
+            reaction.post_id = id_str(value.get("post_id"))
+            reaction.comment_id = id_str(value.get("comment_id"))
+            reaction.reaction_type = _text(value.get("reaction_type"))
+            verb = _text(value.get("verb"))
+            reaction.verb = _REACTION_VERBS.get(verb, verb)
+            reaction.user_id, reaction.user_name = _author(value, "name")
+            return "post_reaction"
+        return None
+    if platform == events_pb2.INSTAGRAM and field in _INSTAGRAM_COMMENT_FIELDS:
+        raw_media = value.get("media")
+        media: Mapping[str, Any] = raw_media if isinstance(raw_media, Mapping) else {}
+        comment = event.comment
+        comment.comment_id = id_str(value.get("id"))
+        comment.post_id = id_str(media.get("id"))
+        comment.parent_id = id_str(value.get("parent_id"))
+        comment.verb = "add"  # Instagram notifies new comments only
+        comment.text = _text(value.get("text"))
+        comment.author_id, comment.author_name = _author(value, "username")
+        comment.field = field
+        comment.media_product_type = _text(media.get("media_product_type"))
+        comment.ad_id = id_str(media.get("ad_id"))
+        comment.ad_title = _text(media.get("ad_title"))
+        return "comment"
+    if platform == events_pb2.INSTAGRAM and field == "mentions":
+        event.mention.media_id = id_str(value.get("media_id"))
+        event.mention.comment_id = id_str(value.get("comment_id"))
+        return "mention"
+    return None
+
+
+def _author(value: Mapping[str, Any], name_key: str) -> tuple[str, str]:
+    """`value.from`'s id and display name (`name` on Facebook, `username` on Instagram).
+    An id no real one could be reads as absent; a name too long for its column is cut,
+    as a name says who, never which."""
+    party = value.get("from")
+    name = _text(party.get(name_key)) if isinstance(party, Mapping) else ""
+    return _party_id(value, "from"), name[:MAX_NAME]
+
+
+def renormalize(stored: events_pb2.Event) -> events_pb2.Event:
+    """A kept event normalized again from its raw item by this code, its id unchanged: what
+    the router runs on its log's items after an upgrade (a feed comment kept as
+    `unsupported` becomes a `comment`).
+
+    The raw item is a `messaging[]`/`standby[]` item or a `changes[]` item; which one is
+    recognised by the id it gives back, as every id is a function of the item alone. The
+    entry's time is not in the raw item: the stored time stands in for it. An item that
+    gives another id under both readings (it cannot, short of a bug) is returned as it
+    was stored, so nothing kept ever changes id.
+    """
+    try:
+        item = json.loads(stored.raw_json) if stored.raw_json else None
+    except ValueError:
+        item = None
+    if not isinstance(item, Mapping):
+        return stored
+    entry_time_ms = stored.timestamp_ms or None
+    received = stored.received_at_ms or stored.timestamp_ms
+
+    def as_change() -> events_pb2.Event:
+        return normalize_change(
+            item,
+            platform=stored.platform,
+            page_id=stored.page_id,
+            entry_time_ms=entry_time_ms,
+            received_at_ms=received,
+        )
+
+    def as_item() -> events_pb2.Event:
+        return normalize_item(
+            item,
+            platform=stored.platform,
+            page_id=stored.page_id,
+            standby=stored.standby,
+            entry_time_ms=entry_time_ms,
+            received_at_ms=received,
+        )
+
+    readings = (as_change, as_item) if "field" in item or "value" in item else (as_item, as_change)
+    for read in readings:
+        event = read()
+        if event.id == stored.id:
+            return _storable(event, None)
+    return stored
 
 
 def _created_ms(value: object) -> int | None:
