@@ -1,14 +1,20 @@
 """A local stand-in for the Graph API calls Pagewire makes, in Graph's own shapes.
 
 Graph routes: `/{version}/{id}/subscribed_apps` (POST, GET, DELETE; state per
-page), `/{version}/me/accounts` (cursor paging), `/debug_token`, and
-`graph.instagram.com/refresh_access_token`. Used by the tests (in-process,
-through `start()`) and by `pagewire fake-graph` (`serve()`). It records every
-Graph request it receives and is steered through a control API under `/_fake/`:
+page), `/{version}/me/accounts` (cursor paging), `/debug_token`,
+`graph.instagram.com/refresh_access_token`, the User Profile API `GET /{psid}`,
+the Send API `POST /{page-id}/messages` (pagewire.fakesend), and comments —
+`POST /{comment-id}/comments`, `POST /{ig-comment-id}/replies`, private replies
+through `/messages`, hide (`POST /{id}` is_hidden / hide), `DELETE /{id}`,
+`GET /{post|media|comment-id}/comments|replies` (pagewire.fakecomments, whose
+docstring gives every shape and error). Both hosts are served alike. Used by the
+tests (in-process, through `start()`) and by `pagewire fake-graph` (`serve()`).
+It records every Graph request it receives and is steered through a control API
+under `/_fake/`:
 
     GET  /_fake/requests    every recorded Graph request, oldest first
     GET  /_fake/pages       subscriptions by page id
-    POST /_fake/reset       forget requests, pages, failures and users
+    POST /_fake/reset       forget requests, pages, failures, users, sends and comments
     POST /_fake/fail        {"method", "path_contains", "status", "error" | "preset" | "body",
                              "times", "delay_s", "headers"} — the next matching requests fail
                              (or, with "body", get that JSON instead of the normal answer;
@@ -18,6 +24,13 @@ Graph request it receives and is steered through a control API under `/_fake/`:
                              that kept failing
     POST /_fake/accounts    {"user_token", "pages": [{"id", "name", "access_token", ...}]}
                              — the Pages `/me/accounts` lists for that user token
+    POST /_fake/echo        {"gateway_url", "app_secret", "app_id"?, "mode"?: "late" | "early",
+                             "delay_s"?, "instagram_pages"?, "comments"?: true,
+                             "instagram_app_secret"?} — post the signed webhooks a Page sends
+                             back (message echoes; comment changes unless "comments" is false)
+    POST /_fake/comment     a customer comments on a post (stored, its webhook posted)
+    POST /_fake/comments    seed comments silently ({"comments": [...], "strict"?})
+    GET  /_fake/comments    every comment the fake knows, with its state
 
 Presets are the error bodies Meta sends (../shared/fixtures/graph); they are
 embedded here so the server needs nothing outside this repository.
@@ -44,7 +57,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from pagewire.fakesend import EchoTarget, SendState, answer_send
+from pagewire.fakecomments import CommentApi, CommentState
+from pagewire.fakesend import SendState, answer_send, echo_target_from_json
 
 FAKE_APP_ID = "842019375510284"
 _APP = {"category": "Business", "link": "https://pagewire.example/", "name": "Pagewire"}
@@ -287,6 +301,7 @@ class FakeGraphState:
     # Instagram tokens handed out by refresh_access_token: (old token, new token).
     refreshed: list[tuple[str, str]] = field(default_factory=list)
     send: SendState = field(default_factory=SendState)
+    comments: CommentState = field(default_factory=CommentState)
     # user id → the profile answered for it; ids in `no_profile` get error 2018218.
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     no_profile: set[str] = field(default_factory=set)
@@ -303,6 +318,7 @@ class FakeGraphState:
         self.refreshed.clear()
         self.profiles.clear()
         self.send.reset()
+        self.comments.reset()
         self.no_profile.clear()
         self.default_accounts = [dict(page) for page in DEFAULT_ACCOUNTS]
         self.accounts_page_size = 25
@@ -436,6 +452,11 @@ def _token_of(entry: dict[str, Any]) -> str | None:
 def create_app(state: FakeGraphState) -> Starlette:
     """The Starlette app: Graph routes, a Graph-shaped 404, and the /_fake/ control API."""
 
+    errors = {**PRESETS, "no_token": _NO_TOKEN, "bad_token": _INVALID_TOKEN}
+    comments = CommentApi(
+        state.comments, state.send, errors, lambda: state.clock(), lambda: _directory(state)
+    )
+
     async def graph(request: Request) -> Response:
         entry = await _record(state, request)
         failure = state.take_failure(request.method, request.url.path)
@@ -444,6 +465,9 @@ def create_app(state: FakeGraphState) -> Starlette:
                 await asyncio.wait_for(state.stopping.wait(), failure.delay_s)
         if failure is not None and failure.answers:
             return _failure_response(failure, request.url.path)
+        answered = await comments.answer(request, entry)
+        if answered is not None:
+            return answered
         parts = [p for p in request.url.path.split("/") if p]
         if (
             request.method == "POST"
@@ -485,14 +509,7 @@ def create_app(state: FakeGraphState) -> Starlette:
     async def echo(request: Request) -> Response:
         try:
             body = json.loads(await request.body() or b"{}")
-            state.send.echo = EchoTarget(
-                gateway_url=str(body["gateway_url"]).rstrip("/"),
-                app_secret=str(body["app_secret"]),
-                app_id=str(body.get("app_id", FAKE_APP_ID)),
-                mode=str(body.get("mode", "late")),
-                delay_s=float(body.get("delay_s", 0.3)),
-                instagram_pages=frozenset(str(p) for p in body.get("instagram_pages", [])),
-            )
+            state.send.echo = echo_target_from_json(body, FAKE_APP_ID)
         except (ValueError, KeyError, TypeError) as exc:
             return JSONResponse({"ok": False, "error": f"bad echo settings: {exc}"}, 400)
         return JSONResponse({"ok": True})
@@ -540,9 +557,18 @@ def create_app(state: FakeGraphState) -> Starlette:
             Route("/_fake/unsubscribe", unsubscribe, methods=["POST"]),
             Route("/_fake/echo", echo, methods=["POST"]),
             Route("/_fake/accounts", accounts, methods=["POST"]),
+            *comments.control_routes(),
             Route("/{path:path}", graph, methods=["GET", "POST", "DELETE"]),
         ]
     )
+
+
+def _directory(state: FakeGraphState) -> list[dict[str, Any]]:
+    """Every page the fake knows a token or a name of: subscriptions, then account lists."""
+    known = [{"id": page_id, "access_token": p["token"]} for page_id, p in state.pages.items()]
+    for pages in (*state.accounts.values(), state.default_accounts):
+        known.extend(pages)
+    return known
 
 
 def _unknown_path(parts: list[str]) -> Response:
@@ -743,6 +769,11 @@ class FakeGraph:
             await self._task
         finally:
             self._socket.close()
+            # Webhooks still being retried end with the fake, as they would with its process.
+            deliveries = list(self.state.send.tasks)
+            for task in deliveries:
+                task.cancel()
+            await asyncio.gather(*deliveries, return_exceptions=True)
 
 
 async def start(host: str = "127.0.0.1", port: int = 0, *, timeout_s: float = 10.0) -> FakeGraph:

@@ -22,4 +22,7 @@ GRAPH_SECONDS = Histogram(
 
 def endpoint_of(path: str) -> str:
     """A path with its ids replaced: `1093…/subscribed_apps` → `{id}/subscribed_apps`."""
-    return "/".join("{id}" if part.isdigit() else part for part in path.split("/"))
+    # Comment ids are "<post>_<comment>": ids too, never a label value.
+    return "/".join(
+        "{id}" if part and part.replace("_", "").isdigit() else part for part in path.split("/")
+    )
