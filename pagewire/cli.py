@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 
+from pagewire import clicomments
 from pagewire.cliformat import dump_json, iso, table, to_dict
 from pagewire.kit.settings import SettingsError, env_secret, grpc_target, var_dir
 from pagewire.kit.tls import GrpcSecurity
@@ -433,11 +434,17 @@ async def events_tail(args: argparse.Namespace) -> str:
                 if args.json:
                     print(json.dumps(to_dict(change), ensure_ascii=False), flush=True)
                     continue
-                message = change.message
-                what = message.text or message.mid or change.event.kind
+                if change.HasField("comment") or change.HasField("thread"):
+                    # A comment thread's change: the post, the comment, its text.
+                    where = f"{change.thread.page_id}:{change.thread.post_id}"
+                    what = change.comment.text or change.comment.comment_id
+                else:
+                    where = f"{change.conversation.page_id}:{change.conversation.user_id}"
+                    message = change.message
+                    what = message.text or message.mid or change.event.kind
                 print(
                     f"{change.cursor:>8}  {router_pb2.ChangeKind.Name(change.kind):<22}"
-                    f"  {change.conversation.page_id}:{change.conversation.user_id}  {what}",
+                    f"  {where}  {what}",
                     flush=True,
                 )
         except grpc.aio.AioRpcError as exc:
@@ -773,15 +780,17 @@ def build_parser() -> argparse.ArgumentParser:
         "pending (acknowledged, not visible yet), parked and failed log entries",
     )
 
-    events = groups.add_parser("events", help="the change feed")
+    events = groups.add_parser("events", help="the change feed, reprocessing kept items")
+    event_actions = events.add_subparsers(dest="action", required=True)
     sub = command(
-        events.add_subparsers(dest="action", required=True),
+        event_actions,
         "tail",
         events_tail,
         "follow an account's changes (messages, statuses, reactions, edits) from a cursor",
     )
     sub.add_argument("--account", required=True)
     sub.add_argument("--after", type=int, default=0, help="last cursor already processed")
+    clicomments.register(groups, command, _call, PLATFORMS, event_actions)
 
     webhook = groups.add_parser("webhook", help="test webhooks")
     sub = command(

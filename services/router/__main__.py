@@ -22,6 +22,7 @@ from services.router.apply import ApplySettings
 from services.router.assembly import build_router
 from services.router.config import RouterSettings
 from services.router.feed import FeedNotifier
+from services.router.moderation import CommentActions
 from services.router.mutex import ConversationLocks, LocalLocks, RedisLocks, redis_client
 from services.router.pages import PageDirectory
 from services.router.profiles import ProfileFetcher
@@ -87,6 +88,7 @@ async def main() -> None:
         app_id=graph.settings.app_id,
         notifier=notifier,
     )
+    comment_actions = CommentActions(session_factory, locks, pages, graph, vault, notifier=notifier)
     router = build_router(
         engine,
         session_factory,
@@ -99,6 +101,7 @@ async def main() -> None:
             idle_poll_s=settings.apply_idle_poll_s,
         ),
         sender=sender,
+        comment_actions=comment_actions,
         profiles=profiles,
         notifier=notifier,
         parked_sweep_s=settings.parked_sweep_s,

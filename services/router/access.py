@@ -37,6 +37,7 @@ ROUTER_ACCESS = AccessTable(
         "Ingest": allow(GATEWAY),
         # The page lifecycle: after connect, in `pages list`, on disconnect --purge.
         "RouteParked": allow(SUBSCRIPTIONS),
+        "PageDisconnected": allow(SUBSCRIPTIONS),
         "GetPageActivity": allow(SUBSCRIPTIONS),
         "PurgePage": allow(SUBSCRIPTIONS),
         # Stored conversations: operators (every account) and readers (their accounts).
@@ -47,8 +48,13 @@ ROUTER_ACCESS = AccessTable(
         # Acting as the Page through Graph: operators and senders, for their accounts.
         "SendMessage": allow(OPERATORS, SENDERS, accounts=True),
         "SendAction": allow(OPERATORS, SENDERS, accounts=True),
-        # The apply stage's backlog (`pagewire router status`): operators.
+        # Comments: read like conversations, answered and moderated like sends.
+        "ListComments": allow(OPERATORS, READERS, accounts=True),
+        "ReplyToComment": allow(OPERATORS, SENDERS, accounts=True),
+        "ModerateComment": allow(OPERATORS, SENDERS, accounts=True),
+        # The apply stage's backlog (`pagewire router status`) and reprocessing: operators.
         "GetLogStatus": allow(OPERATORS),
+        "ReprocessEvents": allow(OPERATORS),
     },
 )
 

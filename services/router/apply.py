@@ -26,24 +26,32 @@ from dataclasses import dataclass
 from opentelemetry import context as otel_context
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from pagewire import contract
+from pagewire.contract import MAX_KIND
 from pagewire.kit import telemetry
 from pagewire.kit.db import unavailable_reason
 from pagewire.kit.errors import PagewireError
 from pagewire.kit.timeutil import now_ms
+from pagewire.normalize import renormalize
 from pagewire.proto import events_pb2
 from services.router import metrics, parking
 from services.router.feed import FeedNotifier
 from services.router.keys import key_of, lock_name
 from services.router.mutex import ConversationLocks
 from services.router.planner import (
+    THREAD,
     ConversationState,
     Entry,
     Key,
-    MessageRef,
+    PlannedChange,
+    ThreadState,
+    comment_ids_of,
+    event_kind,
     mids_of,
     plan_batch,
 )
 from services.router.profiles import ProfileFetcher
+from services.router.store import comments as store_comments
 from services.router.store import feed as store_feed
 from services.router.store import log as store_log
 from services.router.store import pages as store_pages
@@ -76,6 +84,7 @@ class BatchResult:
     applied: int = 0
     parked: int = 0
     released: int = 0  # busy, stale or unresolvable: given back
+    dropped: int = 0  # appended while their page's purge ran
 
 
 class Applier:
@@ -151,7 +160,7 @@ class Applier:
             if failures:
                 log.info("apply stage running again")
             failures = 0
-            if result.applied + result.parked == 0:
+            if result.applied + result.parked + result.dropped == 0:
                 await self._idle(self.settings.idle_poll_s)
 
     async def _idle(self, seconds: float) -> None:
@@ -208,6 +217,7 @@ class Applier:
             result.applied += alone.applied
             result.parked += alone.parked
             result.released += alone.released
+            result.dropped += alone.dropped
 
     async def _run(self, claimed: Sequence[store_log.Claimed], result: BatchResult) -> None:
         # Its own trace, linked to each webhook whose events it applies.
@@ -230,8 +240,20 @@ class Applier:
     async def _apply(self, claimed: Sequence[store_log.Claimed], result: BatchResult) -> None:
         groups: dict[Key, list[Entry]] = {}
         stored_at: dict[int, int] = {}
+        renormalized: list[dict[str, object]] = []
         for item in claimed:
             event = events_pb2.Event.FromString(item.event or b"")
+            if item.renormalize:
+                event = _renormalized(item, event)
+                renormalized.append(
+                    {
+                        "id": item.row_id,
+                        "event": _without_raw(event),
+                        "kind": event_kind(event)[:MAX_KIND],
+                        "user_id": event.user_id,
+                        "direction": events_pb2.Direction.Name(event.direction),
+                    }
+                )
             stored_at[item.row_id] = item.stored_at_ms
             groups.setdefault(key_of(event), []).append(Entry(item.row_id, event))
         accounts, unresolved = await self._pages.resolve({(k[0], k[1]) for k in groups})
@@ -264,7 +286,9 @@ class Applier:
         try:
             if self._before_write is not None:
                 await self._before_write(list(to_apply), fence)
-            touched = await self._write(to_apply, to_park, accounts, fence, outcomes, result)
+            touched = await self._write(
+                to_apply, to_park, accounts, fence, outcomes, result, renormalized
+            )
         finally:
             if renew is not None:
                 renew.cancel()
@@ -302,27 +326,37 @@ class Applier:
         fence: int,
         outcomes: list[tuple[int, str, int | None, int]],
         result: BatchResult,
+        renormalized: Sequence[dict[str, object]] = (),
     ) -> set[str]:
         """The batch's transaction; the accounts whose feed it changed."""
         now = self._clock()
         async with self._sessions() as session, session.begin():
+            # What entries normalized again are now, whatever becomes of them below.
+            await store_log.renormalized(session, renormalized)
             pages = {(k[0], k[1]) for k in (*to_apply, *to_park)}
             await parking.park_lock(session, {(k[0], k[1]) for k in to_park})
             current = await store_pages.accounts(session, pages, share=True)
+            # Read after the locks above, so a purge that ran meanwhile is committed: an
+            # entry it covers was appended while it ran, and goes as the purge said.
+            purged = await store_pages.tombstones(session, pages)
+            dropped = _drop_purged(purged, to_apply, to_park)
+            await store_log.drop(session, dropped)
+            result.dropped = len(dropped)
             for key in list(to_apply):
                 account = current.get((key[0], key[1]))
-                if account is None:  # purged or disconnected meanwhile: park
+                if not account:  # purged or disconnected meanwhile: park
                     to_park[key] = to_apply.pop(key)
                 else:
                     accounts[(key[0], key[1])] = account
             for key in list(to_park):
-                if (key[0], key[1]) in current:  # connected meanwhile: next batch
+                if current.get((key[0], key[1])):  # connected meanwhile: next batch
                     for entry in to_park.pop(key):
                         outcomes.append((entry.row_id, store_log.PENDING, None, 0))
                         result.released += 1
             conversations = await self._conversations(session, to_apply, accounts, now)
+            threads = await self._threads(session, to_apply, accounts, now)
             for key in [k for k in to_apply if k[2]]:
-                conv = conversations[key]
+                conv = threads[key] if key[2].startswith(THREAD) else conversations[key]
                 if conv.fence > fence:
                     # A newer holder wrote here: this batch's lock expired while it
                     # stalled. Give its entries back; the next batch takes a new fence.
@@ -341,14 +375,25 @@ class Applier:
                 for mid in mids_of([e.event for e in entries])
             }
             known = await state.known(session, mids)
+            known.comments = await store_comments.known_comments(
+                session,
+                {
+                    (k[0], k[1], cid)
+                    for k, entries in to_apply.items()
+                    if k[2].startswith(THREAD)
+                    for cid in comment_ids_of([e.event for e in entries])
+                },
+            )
             plan = plan_batch(
                 to_apply,
                 conversations,
                 {p: a for p, a in accounts.items() if a is not None},
                 known,
                 now,
+                threads,
             )
             new_ids, status_changed = await state.write_plan(session, plan, fence)
+            comment_ids = await store_comments.write_plan(session, plan, fence)
             for row_id, conversation_id in plan.applied:
                 outcomes.append((row_id, store_log.APPLIED, conversation_id, 0))
             for entries in to_park.values():
@@ -357,11 +402,11 @@ class Applier:
             result.applied = len(plan.applied)
             result.parked = sum(len(e) for e in to_park.values())
             await store_log.settle(session, outcomes, now)
-            changes = _resolved(plan.changes, new_ids)
+            changes = _resolved(plan.changes, new_ids, comment_ids)
             for message_id, conversation_id in status_changed:
                 account = plan.conversations[conversation_id].account_id
                 changes.setdefault(account, []).append(
-                    ("MESSAGE_STATUS_CHANGED", conversation_id, message_id, None)
+                    ("MESSAGE_STATUS_CHANGED", conversation_id, message_id, None, None, None)
                 )
             await store_feed.record(session, changes, now)
         for key, entries in to_park.items():
@@ -375,7 +420,7 @@ class Applier:
         accounts: dict[tuple[str, str], str | None],
         now: int,
     ) -> dict[Key, ConversationState]:
-        keys = sorted(k for k in to_apply if k[2])
+        keys = sorted(k for k in to_apply if k[2] and not k[2].startswith(THREAD))
         found = await state.lock_conversations(session, keys)
         missing = {k: accounts[(k[0], k[1])] or "" for k in keys if k not in found}
         if missing:
@@ -385,21 +430,76 @@ class Applier:
             found.update(await state.lock_conversations(session, late))
         return found
 
+    async def _threads(
+        self,
+        session: AsyncSession,
+        to_apply: dict[Key, list[Entry]],
+        accounts: dict[tuple[str, str], str | None],
+        now: int,
+    ) -> dict[Key, ThreadState]:
+        keys = sorted(k for k in to_apply if k[2].startswith(THREAD))
+        found = await store_comments.lock_threads(session, keys)
+        missing = {k: accounts[(k[0], k[1])] or "" for k in keys if k not in found}
+        if missing:
+            found.update(await store_comments.create_threads(session, missing, now))
+            late = [k for k in missing if k not in found]
+            found.update(await store_comments.lock_threads(session, late))
+        return found
+
+
+def _renormalized(item: store_log.Claimed, stored: events_pb2.Event) -> events_pb2.Event:
+    """The entry normalized again from its raw item by this version's normalizer."""
+    stored.raw_json = item.raw_json or ""
+    fresh = renormalize(stored)
+    return contract.demoted(fresh) if contract.unstorable(fresh) else fresh
+
+
+def _without_raw(event: events_pb2.Event) -> bytes:
+    copy = events_pb2.Event()
+    copy.CopyFrom(event)
+    copy.raw_json = ""
+    return copy.SerializeToString()
+
+
+def _drop_purged(
+    purged: dict[tuple[str, str], int],
+    to_apply: dict[Key, list[Entry]],
+    to_park: dict[Key, list[Entry]],
+) -> list[int]:
+    """Takes out of both the entries a purge tombstone covers; their row ids."""
+    dropped: list[int] = []
+    if not purged:
+        return dropped
+    for groups in (to_apply, to_park):
+        for key in list(groups):
+            up_to = purged.get((key[0], key[1]))
+            if up_to is None:
+                continue
+            kept = [e for e in groups[key] if e.event.timestamp_ms > up_to]
+            dropped.extend(e.row_id for e in groups[key] if e.event.timestamp_ms <= up_to)
+            if kept:
+                groups[key] = kept
+            else:
+                del groups[key]
+    return dropped
+
 
 def _resolved(
-    changes: dict[str, list[tuple[str, int | None, MessageRef, int | None]]],
+    changes: dict[str, list[PlannedChange]],
     new_ids: dict[tuple[str, str, str], int],
-) -> dict[str, list[tuple[str, int | None, int | None, int | None]]]:
-    """The plan's changes with the ids of the messages it inserted; a change about a
-    message that turned out to exist already (nothing inserted) keeps no message."""
-    out: dict[str, list[tuple[str, int | None, int | None, int | None]]] = {}
+    comment_ids: dict[tuple[str, str, str], int],
+) -> dict[str, list[store_feed.ChangeRow]]:
+    """The plan's changes with the ids of the messages and comments it wrote; a change
+    about a message that turned out to exist already (nothing inserted) is dropped."""
+    out: dict[str, list[store_feed.ChangeRow]] = {}
     for account, items in changes.items():
         rows = out.setdefault(account, [])
-        for kind, conversation_id, ref, event_row in items:
+        for kind, conversation_id, ref, event_row, comment, thread in items:
             message_id = new_ids.get(ref) if isinstance(ref, tuple) else ref
             if kind == "MESSAGE_CREATED" and message_id is None:
                 continue
-            rows.append((kind, conversation_id, message_id, event_row))
+            comment_id = comment_ids.get(comment) if comment is not None else None
+            rows.append((kind, conversation_id, message_id, event_row, comment_id, thread))
     return out
 
 

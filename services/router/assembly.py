@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from services.router.apply import Applier, ApplySettings, BeforeWrite, LogMonitor
 from services.router.feed import FeedNotifier
 from services.router.ingest import Appender
+from services.router.moderation import CommentActions
 from services.router.mutex import ConversationLocks
 from services.router.pages import PageDirectory
 from services.router.parking import Pages
@@ -67,6 +68,7 @@ def build_router(
     *,
     apply: ApplySettings | None = None,
     sender: Sender | None = None,
+    comment_actions: CommentActions | None = None,
     profiles: ProfileFetcher | None = None,
     notifier: FeedNotifier | None = None,
     parked_sweep_s: float = 10.0,
@@ -102,5 +104,6 @@ def build_router(
         notifier=notifier,
         sessions=sessions,
         sender=sender,
+        comment_actions=comment_actions,
     )
     return RouterParts(appender, applier, pages, history, monitor, servicer, parked_sweep_s)

@@ -2,18 +2,24 @@
 
 The key is (platform, page id, user id): the user is the sender of an inbound item
 and the recipient of an echo, so a person's message and the Page's echo of a reply
-take the same lock. The page's own events (no person) are keyed with user "".
+take the same lock. The page's own events (no person) are keyed with user "", and a
+comment thread's (comments, post reactions, mentions) with "~<post or media id>".
 """
 
 from __future__ import annotations
 
 from pagewire.contract import Platform
 from pagewire.proto import events_pb2
-from services.router.planner import Key
+from services.router.planner import THREAD, Key, thread_of
 
 
 def key_of(event: events_pb2.Event) -> Key:
-    return (Platform.from_proto(event.platform).value, event.page_id, event.user_id)
+    """A comment, post reaction or mention is keyed by its thread (post or media)."""
+    platform = Platform.from_proto(event.platform).value
+    post = thread_of(event)
+    if post is not None:
+        return (platform, event.page_id, THREAD + post)
+    return (platform, event.page_id, event.user_id)
 
 
 def lock_name(key: Key) -> str:

@@ -1,13 +1,14 @@
 """Which account a page's events go to; parked events; a page connected, moved or purged.
 
-The router keeps the account of every connected page in its own table, written
-when subscriptions says a page was connected or moved (`RouteParked`, which
-carries the account) and read in every apply transaction — so a move or a purge
-reaches every replica before its next apply. A page the table lacks (connected
-before this table existed) is asked of subscriptions once and remembered. A page
-that is not connected has its events parked in the log; they are applied when
-`RouteParked` says it is connected, or when the periodic sweep finds it connected
-anyway (a `RouteParked` that failed or timed out is not the end of them).
+The router keeps the account of every page in its own table, written when
+subscriptions says a page was connected or moved (`RouteParked`, which carries
+the account) or disconnected (`PageDisconnected`), and by a purge; it is read in
+every apply transaction, so a move, a disconnect or a purge reaches every replica
+before its next apply. Subscriptions numbers its notices per page and retries
+them until delivered; an older one than the router recorded changes nothing. A
+page the table lacks (connected before this table existed) is asked of
+subscriptions once and remembered. A page that is not connected has its events
+parked in the log; they are applied when `RouteParked` says it is connected.
 """
 
 from __future__ import annotations
@@ -66,9 +67,13 @@ class Pages:
         now (subscriptions unreachable and the page unknown here): their entries wait."""
         wanted = set(pages)
         async with self._sessions() as session:
-            known: dict[PageKey, str | None] = dict(await store_pages.accounts(session, wanted))
+            rows = await store_pages.accounts(session, wanted)
+        known: dict[PageKey, str | None] = {page: account or None for page, account in rows.items()}
         unresolved: set[PageKey] = set()
-        for platform, page_id in wanted - set(known):
+        # Only a page with no row at all (connected before the router kept one) is asked of
+        # subscriptions; a disconnected or purged page has its row, so a directory answer
+        # cached before that cannot bring it back.
+        for platform, page_id in wanted - set(rows):
             try:
                 info = await self._directory.page(Platform(platform).proto, page_id)
             except Unavailable:
@@ -82,18 +87,30 @@ class Pages:
                     )
         return known, unresolved
 
-    async def route_parked(self, platform: Platform, page_id: str, account_id: str) -> Routed:
+    async def route_parked(
+        self, platform: Platform, page_id: str, account_id: str, version: int = 0
+    ) -> Routed:
         """The page is connected to `account_id` (or moved there): remember it, move its
-        conversations, and give its parked events to the apply stage."""
+        conversations, and give its parked events to the apply stage. A notice older than
+        the one recorded (`version`) changes nothing."""
         if not account_id:
             raise InvalidArgument("account_id", "is required: the account the page now belongs to")
+        if version < 0:
+            raise InvalidArgument("version", "must not be negative")
         async with self._sessions() as session, session.begin():
             await _page_lock(session, platform.value, page_id)
-            before = await store_pages.connect(
-                session, platform.value, page_id, account_id, self._clock()
+            notice = await store_pages.set_account(
+                session, platform.value, page_id, account_id, version, self._clock()
             )
+            if not notice.taken:
+                log.info(
+                    "older page notice ignored",
+                    extra={"platform": platform.value, "page_id": page_id, "version": version},
+                )
+                return Routed(0, 0)
             moved = 0
-            if before is not None and before != account_id:
+            if notice.before != account_id:
+                # Also after a disconnect: a conversation has one account, the page's.
                 moved = await store_pages.rehome(session, platform.value, page_id, account_id)
             unparked = await store_log.unpark(session, platform.value, page_id)
         self._directory.remember(platform.proto, page_id, account_id)
@@ -112,6 +129,23 @@ class Pages:
             )
         return Routed(unparked, moved)
 
+    async def disconnected(self, platform: Platform, page_id: str, version: int = 0) -> bool:
+        """The page is not connected any more: its events are parked from the next batch on
+        (every replica reads the row in its apply transaction). False: an older notice."""
+        if version < 0:
+            raise InvalidArgument("version", "must not be negative")
+        async with self._sessions() as session, session.begin():
+            await _page_lock(session, platform.value, page_id)
+            notice = await store_pages.set_account(
+                session, platform.value, page_id, "", version, self._clock()
+            )
+        self._directory.forget(platform.proto, page_id)
+        log.info(
+            "page disconnected" if notice.taken else "older page notice ignored",
+            extra={"platform": platform.value, "page_id": page_id, "version": version},
+        )
+        return notice.taken
+
     async def purge(self, platform: Platform, page_id: str) -> dict[str, int]:
         """Deletes everything stored for the page and keeps a tombstone, so the same
         bodies delivered again store nothing."""
@@ -122,16 +156,49 @@ class Pages:
         log.info("purged page", extra={"platform": platform.value, "page_id": page_id, **counts})
         return counts
 
+    async def reprocess(
+        self, *, platform: int, page_id: str, kinds: list[str], since_ms: int
+    ) -> int:
+        """Marks kept items to be normalized again with the current code and applied
+        (idempotently: what they already produced is not produced twice)."""
+        name = ""
+        if platform:
+            try:
+                name = Platform.from_proto(platform).value
+            except ValueError:
+                raise InvalidArgument(
+                    "platform", "must be FACEBOOK, INSTAGRAM or unspecified"
+                ) from None
+        if page_id and (not page_id.isdigit() or len(page_id) > 128):
+            raise InvalidArgument("page_id", "must be a page id (digits)")
+        if len(kinds) > 100 or any(not k or len(k) > 64 for k in kinds):
+            raise InvalidArgument("kinds", "at most 100 kinds of 1-64 characters")
+        if since_ms < 0:
+            raise InvalidArgument("since_ms", "must not be negative")
+        async with self._sessions() as session, session.begin():
+            marked = await store_log.mark_reprocess(
+                session, platform=name, page_id=page_id, kinds=kinds, since_ms=since_ms
+            )
+        if marked:
+            self._wake()
+        log.info("events marked for reprocessing", extra={"marked": marked, "kinds": kinds})
+        return marked
+
     async def sweep(self) -> int:
-        """Unparks the pages with parked events that are connected by now; how many events."""
+        """Unparks the pages with parked events that are connected by now; how many events.
+
+        Only pages the router has no row for are asked of subscriptions (fresh): a page
+        with a row learns of its connect from RouteParked, which subscriptions retries
+        until it is delivered."""
         async with self._sessions() as session:
             parked = await store_log.parked_pages(session, SWEEP_PAGES)
         total = 0
         for platform, page_id in parked:
             async with self._sessions() as session:
-                account = (await store_pages.accounts(session, [(platform, page_id)])).get(
-                    (platform, page_id)
-                )
+                rows = await store_pages.accounts(session, [(platform, page_id)])
+            account = rows.get((platform, page_id))
+            if account == "":
+                continue
             if account is None:
                 try:
                     info = await self._directory.page(Platform(platform).proto, page_id, fresh=True)

@@ -158,6 +158,8 @@ class Known:
     messages: dict[MidKey, StoredMessage] = field(default_factory=dict)
     marks: dict[MidKey, set[str]] = field(default_factory=dict)
     edits: dict[MidKey, list[tuple[int, int, str, str]]] = field(default_factory=dict)
+    # Comments by (platform, page, comment id).
+    comments: dict[tuple[str, str, str], CommentState] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,6 +172,68 @@ class Entry:
 
 # A change's message: a stored message's id, or the mid of one this plan inserts.
 MessageRef = int | MidKey | None
+# A change's comment: (platform, page, comment id); resolved to a row id once written.
+CommentRef = tuple[str, str, str] | None
+# A feed change before ids are known.
+PlannedChange = tuple[str, int | None, MessageRef, int | None, CommentRef, int | None]
+# A thread's key in a batch: the page and the post, written where a person's id would be.
+THREAD = "~"
+
+
+@dataclass
+class ThreadState:
+    """A comment thread's row as locked by the apply transaction (or just created)."""
+
+    id: int
+    account_id: str
+    platform: str
+    page_id: str
+    post_id: str
+    fence: int
+    media_product_type: str = ""
+    last_activity_ms: int = 0
+    comment_count: int = 0
+    created: bool = False
+
+
+@dataclass
+class CommentState:
+    """Every column of a comment, as stored or as this batch folds it."""
+
+    platform: str
+    page_id: str
+    comment_id: str
+    thread_id: int
+    stored_at_ms: int
+    id: int | None = None
+    parent_id: str = ""
+    author_id: str = ""
+    author_name: str = ""
+    text: str = ""
+    original_text: str = ""
+    created_time_ms: int = 0
+    edited_ms: int = 0
+    edit_event_id: str = ""
+    hidden: bool = False
+    hidden_ms: int = 0
+    hidden_event_id: str = ""
+    removed: bool = False
+    removed_ms: int = 0
+    from_page: bool = False
+    mention: bool = False
+    seen_add: bool = False
+    field: str = ""
+    media_product_type: str = ""
+    ad_id: str = ""
+    ad_title: str = ""
+    attachment_url: str = ""
+    sent_by: str = ""
+
+    def row(self) -> dict[str, Any]:
+        """The columns to write (the id is the database's)."""
+        out = dict(vars(self))
+        out.pop("id")
+        return out
 
 
 @dataclass
@@ -189,10 +253,17 @@ class Plan:
     status_sweeps: set[int] = field(default_factory=set)
     # (log row id, conversation id or None): the entries this plan applies.
     applied: list[tuple[int, int | None]] = field(default_factory=list)
-    # account → [(kind, conversation id, message ref, event row id)], in order.
-    changes: dict[str, list[tuple[str, int | None, MessageRef, int | None]]] = field(
+    # Comment threads touched: id → state; comments to write (new or changed).
+    threads: dict[int, ThreadState] = field(default_factory=dict)
+    comments: dict[tuple[str, str, str], CommentState] = field(default_factory=dict)
+    new_comment_edits: list[dict[str, Any]] = field(default_factory=list)
+    # Comments whose stored edits lose their text (the comment was removed).
+    blanked_comment_edits: set[tuple[str, str, str]] = field(default_factory=set)
+    post_reactions: dict[tuple[str, str, str, str, str], dict[str, Any]] = field(
         default_factory=dict
     )
+    # account → [(kind, conversation, message ref, event row, comment ref, thread)], in order.
+    changes: dict[str, list[PlannedChange]] = field(default_factory=dict)
 
     def change(
         self,
@@ -201,8 +272,13 @@ class Plan:
         conversation: int | None,
         message: MessageRef = None,
         event_row: int | None = None,
+        *,
+        comment: CommentRef = None,
+        thread: int | None = None,
     ) -> None:
-        self.changes.setdefault(account, []).append((kind, conversation, message, event_row))
+        self.changes.setdefault(account, []).append(
+            (kind, conversation, message, event_row, comment, thread)
+        )
 
 
 class _Conversation:
@@ -434,6 +510,137 @@ class _Conversation:
                 )
 
 
+class _Thread:
+    """One thread's comments, reactions and mentions folded into their rows."""
+
+    def __init__(self, plan: Plan, known: Known, thread: ThreadState, now: int) -> None:
+        self.plan, self.known, self.thread, self.now = plan, known, thread, now
+        self.account = thread.account_id
+
+    def _comment(self, comment_id: str) -> tuple[CommentState, bool]:
+        key = (self.thread.platform, self.thread.page_id, comment_id)
+        state = self.plan.comments.get(key) or self.known.comments.get(key)
+        if state is not None:
+            self.plan.comments[key] = state
+            return state, False
+        state = CommentState(
+            self.thread.platform, self.thread.page_id, comment_id, self.thread.id, self.now
+        )
+        self.plan.comments[key] = self.known.comments[key] = state
+        self.thread.comment_count += 1
+        self.plan.change(self.account, "COMMENT_CREATED", None, comment=key, thread=self.thread.id)
+        return state, True
+
+    def apply(self, entry: Entry) -> None:
+        event = entry.event
+        self.thread.last_activity_ms = max(self.thread.last_activity_ms, event.timestamp_ms)
+        which = event.WhichOneof("kind")
+        if which == "comment":
+            self.comment(event)
+        elif which == "post_reaction":
+            self.reaction(event)
+        elif which == "mention":
+            state, _ = self._comment(
+                event.mention.comment_id or f"caption:{event.mention.media_id}"
+            )
+            state.mention = True
+            state.field = state.field or "mentions"
+
+    def comment(self, event: events_pb2.Event) -> None:
+        c, page = event.comment, self.thread.page_id
+        # Descriptions are kept so that any order of items ends the same: the greatest
+        # value wins (Meta sends one per comment and media; this only decides conflicts).
+        if c.media_product_type > self.thread.media_product_type:
+            self.thread.media_product_type = c.media_product_type
+        state, _ = self._comment(c.comment_id)
+        key = (state.platform, state.page_id, state.comment_id)
+        for name in (
+            "parent_id",
+            "author_id",
+            "author_name",
+            "field",
+            "media_product_type",
+            "ad_id",
+            "ad_title",
+            "attachment_url",
+        ):
+            value = getattr(c, name)
+            if value > getattr(state, name):
+                setattr(state, name, value)
+        if c.created_time_ms and not 0 < state.created_time_ms <= c.created_time_ms:
+            state.created_time_ms = c.created_time_ms  # the earliest Meta says
+        state.from_page = state.from_page or (bool(state.author_id) and state.author_id == page)
+        stamp = (event.timestamp_ms, event.id)
+        if c.verb == "add":
+            if not state.seen_add:
+                state.seen_add = True
+                if not state.removed:
+                    state.original_text = c.text
+                    if not state.edited_ms:
+                        state.text = c.text
+        elif c.verb == "edited":
+            self.plan.new_comment_edits.append(
+                {
+                    "platform": state.platform,
+                    "page_id": state.page_id,
+                    "comment_id": state.comment_id,
+                    "event_id": event.id,
+                    "text": "" if state.removed else c.text,
+                    "timestamp_ms": event.timestamp_ms,
+                }
+            )
+            if stamp > (state.edited_ms, state.edit_event_id):
+                state.edited_ms, state.edit_event_id = stamp
+                if not state.removed and state.text != c.text:
+                    state.text = c.text
+                    self.plan.change(
+                        self.account, "COMMENT_EDITED", None, comment=key, thread=self.thread.id
+                    )
+        elif c.verb in ("hide", "unhide"):
+            if stamp > (state.hidden_ms, state.hidden_event_id):
+                state.hidden_ms, state.hidden_event_id = stamp
+                hidden = c.verb == "hide"
+                if hidden != state.hidden:
+                    state.hidden = hidden
+                    self.plan.change(
+                        self.account, "COMMENT_HIDDEN", None, comment=key, thread=self.thread.id
+                    )
+        elif c.verb == "remove" and not state.removed:
+            # Removed for good: its texts go, here and in its edit history.
+            state.removed, state.removed_ms = True, event.timestamp_ms
+            state.text = state.original_text = ""
+            self.plan.blanked_comment_edits.add(key)
+            self.plan.change(
+                self.account, "COMMENT_REMOVED", None, comment=key, thread=self.thread.id
+            )
+
+    def reaction(self, event: events_pb2.Event) -> None:
+        r = event.post_reaction
+        key = (self.thread.platform, self.thread.page_id, r.post_id, r.comment_id, r.user_id)
+        row = {
+            "platform": key[0],
+            "page_id": key[1],
+            "post_id": r.post_id,
+            "comment_id": r.comment_id,
+            "user_id": r.user_id,
+            "user_name": r.user_name,
+            "reaction_type": r.reaction_type,
+            "verb": r.verb,
+            "timestamp_ms": event.timestamp_ms,
+            "event_id": event.id,
+        }
+        held = self.plan.post_reactions.get(key)
+        if held is None or (row["timestamp_ms"], row["event_id"]) > (
+            held["timestamp_ms"],
+            held["event_id"],
+        ):
+            self.plan.post_reactions[key] = row
+        comment = (key[0], key[1], r.comment_id) if r.comment_id else None
+        self.plan.change(
+            self.account, "POST_REACTION_CHANGED", None, comment=comment, thread=self.thread.id
+        )
+
+
 def outbound_status(timestamp_ms: int, marks: set[str], delivered_ms: int, read_ms: int) -> str:
     """What receipts say of an outgoing message."""
     if READ in marks or read_ms >= timestamp_ms:
@@ -460,14 +667,24 @@ def plan_batch(
     page_accounts: dict[tuple[str, str], str],
     known: Known,
     now: int,
+    threads: dict[Key, ThreadState] | None = None,
 ) -> Plan:
     """The writes of a batch: `groups` are the entries to apply, by conversation key (the
-    page's own events under user ""); `conversations` the locked rows of the keys with a
-    person; `page_accounts` the account of every page in `groups`."""
+    page's own events under user "", a thread's under "~<post>"); `conversations` and
+    `threads` the locked rows of those keys; `page_accounts` the account of every page."""
     plan = Plan()
     for key, entries in groups.items():
         platform, page_id, user_id = key
         account = page_accounts[(platform, page_id)]
+        if user_id.startswith(THREAD):
+            thread = (threads or {})[key]
+            thread.account_id = account
+            plan.threads[thread.id] = thread
+            folding = _Thread(plan, known, thread, now)
+            for entry in entries:
+                folding.apply(entry)
+                plan.applied.append((entry.row_id, None))
+            continue
         if not user_id:
             for entry in entries:
                 plan.applied.append((entry.row_id, None))
@@ -487,7 +704,22 @@ def plan_batch(
     for row in plan.new_edits:
         if (row["platform"], row["page_id"], row["mid"]) in plan.blanked_edits:
             row["text"] = ""
+    for row in plan.new_comment_edits:
+        if (row["platform"], row["page_id"], row["comment_id"]) in plan.blanked_comment_edits:
+            row["text"] = ""
     return plan
+
+
+def thread_of(event: events_pb2.Event) -> str | None:
+    """The post (or media) a comment, post reaction or mention belongs to; None otherwise."""
+    which = event.WhichOneof("kind")
+    if which == "comment":
+        return event.comment.post_id
+    if which == "post_reaction":
+        return event.post_reaction.post_id
+    if which == "mention":
+        return event.mention.media_id
+    return None
 
 
 def mids_of(events: Sequence[events_pb2.Event]) -> set[str]:
@@ -509,3 +741,16 @@ def mids_of(events: Sequence[events_pb2.Event]) -> set[str]:
             mids.add(event.read.mid)
     mids.discard("")
     return mids
+
+
+def comment_ids_of(events: Sequence[events_pb2.Event]) -> set[str]:
+    """Every comment a thread's events name: what the apply reads of stored comments."""
+    ids: set[str] = set()
+    for event in events:
+        which = event.WhichOneof("kind")
+        if which == "comment":
+            ids.add(event.comment.comment_id)
+        elif which == "mention":
+            ids.add(event.mention.comment_id or f"caption:{event.mention.media_id}")
+    ids.discard("")
+    return ids

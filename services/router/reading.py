@@ -19,8 +19,8 @@ from pagewire.kit.errors import InvalidArgument, NotFound
 from pagewire.kit.principal import SYSTEM, Principal
 from pagewire.proto import events_pb2
 from services.router.store import reads
-from services.router.store.models import Change, Contact, Conversation, EventLog
-from services.router.store.reads import ChangeState, MessageView
+from services.router.store.models import Change, Comment, Contact, Conversation, EventLog
+from services.router.store.reads import ChangeState, CommentView, MessageView, ThreadView
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -178,6 +178,42 @@ class History:
                 offset=offset,
             )
         return rows, _next_token(offset, limit, len(rows))
+
+    async def comments(
+        self,
+        *,
+        page_id: str,
+        platform: int,
+        post_id: str,
+        author_id: str,
+        page_size: int,
+        page_token: str,
+        principal: Principal = SYSTEM,
+    ) -> tuple[list[CommentView], list[ThreadView], str]:
+        if not page_id:
+            raise InvalidArgument("page_id", "is required")
+        limit, offset = _page(page_size, page_token)
+        wanted = platform_filter(platform)
+        async with self._sessions() as session:
+            views, threads = await reads.comments(
+                session,
+                page_id=page_id,
+                platform=wanted,
+                post_id=post_id,
+                author_id=author_id,
+                accounts=principal.accounts,
+                limit=limit,
+                offset=offset,
+            )
+        return views, threads, _next_token(offset, limit, len(views))
+
+    async def comment_view(self, comment: Comment | None) -> CommentView | None:
+        """A comment as readers see it (edits, reactions, its post)."""
+        if comment is None:
+            return None
+        async with self._sessions() as session:
+            (view,), _ = await reads.comment_views(session, [comment])
+        return view
 
     async def messages_by_id(self, ids: Sequence[int]) -> list[MessageView]:
         async with self._sessions() as session:

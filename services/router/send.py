@@ -472,7 +472,9 @@ class Sender:
             send.updated_at_ms = now
             await session.flush()
             await store_feed.record(
-                session, {account: [("MESSAGE_CREATED", conv.id, i, None) for i in ids]}, now
+                session,
+                {account: [("MESSAGE_CREATED", conv.id, i, None, None, None) for i in ids]},
+                now,
             )
         if self._notifier is not None and ids:
             self._notifier.notify(account)

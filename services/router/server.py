@@ -20,11 +20,12 @@ from services.router.access import SERVICE_NAME, PageOwners
 from services.router.apply import LogMonitor
 from services.router.feed import FeedNotifier, changes_after
 from services.router.ingest import Appender
+from services.router.moderation import CommentActions
 from services.router.parking import Pages
 from services.router.reading import History
 from services.router.send import Sender
 from services.router.store import Contact, Conversation, EventLog
-from services.router.store.reads import MessageView
+from services.router.store.reads import CommentView, MessageView, ThreadView
 
 __all__ = ["SERVICE_NAME", "RouterServiceServicer"]
 
@@ -115,6 +116,52 @@ def _message(view: MessageView) -> router_pb2.Message:
     )
 
 
+def _thread(view: ThreadView) -> router_pb2.CommentThread:
+    row = view.row
+    return router_pb2.CommentThread(
+        id=str(row.id),
+        account_id=row.account_id,
+        platform=events_pb2.Platform.Value(row.platform),
+        page_id=row.page_id,
+        post_id=row.post_id,
+        media_product_type=row.media_product_type,
+        comment_count=row.comment_count,
+        last_activity_ms=row.last_activity_ms,
+        reactions=view.reactions,
+    )
+
+
+def _comment(view: CommentView) -> router_pb2.Comment:
+    row = view.row
+    return router_pb2.Comment(
+        id=str(row.id),
+        thread_id=str(row.thread_id),
+        comment_id=row.comment_id,
+        post_id=view.post_id,
+        parent_id=row.parent_id,
+        author_id=row.author_id,
+        author_name=row.author_name,
+        text=row.text,
+        original_text=row.original_text,
+        created_time_ms=row.created_time_ms,
+        edits=[
+            router_pb2.CommentEdit(text=e.text, timestamp_ms=e.timestamp_ms) for e in view.edits
+        ],
+        hidden=row.hidden,
+        removed=row.removed,
+        from_page=row.from_page,
+        mention=row.mention,
+        field=row.field,
+        ad_id=row.ad_id,
+        ad_title=row.ad_title,
+        attachment_url=row.attachment_url,
+        reactions=view.reactions,
+        sent_by=row.sent_by,
+        platform=events_pb2.Platform.Value(row.platform),
+        page_id=row.page_id,
+    )
+
+
 class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     """Every RPC of pagewire.router.v1.RouterService; who may call what is ROUTER_ACCESS
     (services/router/access.py), and readers see only their accounts."""
@@ -129,6 +176,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         notifier: FeedNotifier,
         sessions: async_sessionmaker,
         sender: Sender | None = None,
+        comment_actions: CommentActions | None = None,
     ) -> None:
         self._appender = appender
         self._pages = pages
@@ -137,6 +185,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         self._notifier = notifier
         self._sessions = sessions
         self._sender = sender
+        self._comment_actions = comment_actions
         self._owners = PageOwners(pages)
 
     async def _require_page(self, platform: int, page_id: str) -> None:
@@ -189,10 +238,19 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.RouteParkedRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteParkedResponse:
         platform, page_id = platform_and_page(request.platform, request.page_id)
-        routed = await self._pages.route_parked(Platform(platform), page_id, request.account_id)
+        routed = await self._pages.route_parked(
+            Platform(platform), page_id, request.account_id, request.version
+        )
         return router_pb2.RouteParkedResponse(
             routed=routed.unparked, moved_conversations=routed.moved_conversations
         )
+
+    async def PageDisconnected(
+        self, request: router_pb2.PageDisconnectedRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.PageDisconnectedResponse:
+        platform, page_id = platform_and_page(request.platform, request.page_id)
+        applied = await self._pages.disconnected(Platform(platform), page_id, request.version)
+        return router_pb2.PageDisconnectedResponse(applied=applied)
 
     async def GetPageActivity(
         self, request: router_pb2.GetPageActivityRequest, context: grpc.aio.ServicerContext
@@ -256,6 +314,10 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             out.message.CopyFrom(_message(now.message))
         if now.event is not None:
             out.event.CopyFrom(_event(now.event))
+        if now.comment is not None:
+            out.comment.CopyFrom(_comment(now.comment))
+        if now.thread is not None:
+            out.thread.CopyFrom(_thread(now.thread))
         return out
 
     async def SendMessage(
@@ -302,5 +364,70 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             leased=status.leased,
             parked=status.parked,
             failed=status.failed,
+            renormalizing=status.renormalizing,
             oldest_pending_age_ms=max(0, oldest),
         )
+
+    async def ListComments(
+        self, request: router_pb2.ListCommentsRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ListCommentsResponse:
+        await self._require_page(request.platform, request.page_id)
+        views, threads, token = await self._history.comments(
+            page_id=request.page_id,
+            platform=request.platform,
+            post_id=request.post_id,
+            author_id=request.author_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            principal=current(),
+        )
+        return router_pb2.ListCommentsResponse(
+            comments=[_comment(v) for v in views],
+            threads=[_thread(t) for t in threads],
+            next_page_token=token,
+        )
+
+    async def ReplyToComment(
+        self, request: router_pb2.ReplyToCommentRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ReplyToCommentResponse:
+        if self._comment_actions is None:
+            raise FailedPrecondition("replying is not configured on this router")
+        result = await self._comment_actions.reply(request, current())
+        telemetry.annotate(comment_action="private_reply" if request.private else "reply")
+        view = await self._history.comment_view(result.comment)
+        return router_pb2.ReplyToCommentResponse(
+            state=router_pb2.SendState.Value(result.state),
+            reply=_comment(view) if view is not None and not request.private else None,
+            mid=result.result_id if request.private else "",
+            error_code=result.error_code,
+            error_subcode=result.error_subcode,
+            error_message=result.error_message,
+            replayed=result.replayed,
+        )
+
+    async def ModerateComment(
+        self, request: router_pb2.ModerateCommentRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ModerateCommentResponse:
+        if self._comment_actions is None:
+            raise FailedPrecondition("moderating is not configured on this router")
+        result = await self._comment_actions.moderate(request, current())
+        view = await self._history.comment_view(result.comment)
+        return router_pb2.ModerateCommentResponse(
+            state=router_pb2.SendState.Value(result.state),
+            comment=_comment(view) if view is not None else None,
+            error_code=result.error_code,
+            error_subcode=result.error_subcode,
+            error_message=result.error_message,
+            replayed=result.replayed,
+        )
+
+    async def ReprocessEvents(
+        self, request: router_pb2.ReprocessEventsRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ReprocessEventsResponse:
+        marked = await self._pages.reprocess(
+            platform=request.platform,
+            page_id=request.page_id,
+            kinds=list(request.kinds),
+            since_ms=request.since_ms,
+        )
+        return router_pb2.ReprocessEventsResponse(marked=marked)

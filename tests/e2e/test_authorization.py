@@ -59,6 +59,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
     ROUTER: {
         "Ingest": {"gateway"},
         "RouteParked": {"subscriptions"},
+        "PageDisconnected": {"subscriptions"},
         "GetPageActivity": {"subscriptions"},
         "PurgePage": {"subscriptions"},
         "ListConversations": READERS,
@@ -67,7 +68,11 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "StreamEvents": READERS,
         "SendMessage": READERS,
         "SendAction": READERS,
+        "ListComments": READERS,
+        "ReplyToComment": READERS,
+        "ModerateComment": READERS,
         "GetLogStatus": {"cli"},
+        "ReprocessEvents": {"cli"},
     },
     SUBSCRIPTIONS: {
         "GetPage": {"router", *READERS},
@@ -97,6 +102,10 @@ REQUESTS: dict[str, dict[str, Callable[[], Message]]] = {
     ROUTER: {
         "Ingest": lambda: router_pb2.IngestRequest(),
         "RouteParked": lambda: router_pb2.RouteParkedRequest(platform=FB, page_id=UNKNOWN_PAGE),
+        # A negative version is refused before anything is recorded.
+        "PageDisconnected": lambda: router_pb2.PageDisconnectedRequest(
+            platform=FB, page_id=UNKNOWN_PAGE, version=-1
+        ),
         "GetPageActivity": lambda: router_pb2.GetPageActivityRequest(platform=FB, page_id="1"),
         "PurgePage": lambda: router_pb2.PurgePageRequest(),
         "ListConversations": lambda: router_pb2.ListConversationsRequest(account_id="acme"),
@@ -106,7 +115,11 @@ REQUESTS: dict[str, dict[str, Callable[[], Message]]] = {
         "StreamEvents": lambda: router_pb2.StreamEventsRequest(account_id="acme", after_cursor=-1),
         "SendMessage": lambda: router_pb2.SendMessageRequest(page_id=ACME_PAGE, text="x"),
         "SendAction": lambda: router_pb2.SendActionRequest(action="dance"),
+        "ListComments": lambda: router_pb2.ListCommentsRequest(page_id=ACME_PAGE),
+        "ReplyToComment": lambda: router_pb2.ReplyToCommentRequest(),
+        "ModerateComment": lambda: router_pb2.ModerateCommentRequest(),
         "GetLogStatus": lambda: router_pb2.GetLogStatusRequest(),
+        "ReprocessEvents": lambda: router_pb2.ReprocessEventsRequest(since_ms=-1),
     },
     SUBSCRIPTIONS: {
         "GetPage": lambda: subscriptions_pb2.GetPageRequest(platform=FB, page_id=ACME_PAGE),

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pagewire.normalize import normalize_envelope
 from pagewire.proto import events_pb2, router_pb2
-from services.gateway.normalize import normalize_envelope
 from services.router.store import EventLog, MessageEdit, Reaction
 from tests.support.routerharness import RouterHarness, router_harness
 

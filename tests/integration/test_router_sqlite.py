@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pagewire.kit import migrate
 from pagewire.kit.db import create_engine, sessions
-from services.gateway.normalize import normalize_envelope
+from pagewire.normalize import normalize_envelope
 from services.router.assembly import build_router
 from services.router.mutex import LocalLocks
 from services.router.pages import PageInfo

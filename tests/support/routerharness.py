@@ -18,6 +18,7 @@ from services.router.access import ROUTER_ACCESS
 from services.router.apply import ApplySettings, BeforeWrite
 from services.router.assembly import RouterParts, build_router
 from services.router.feed import FeedNotifier
+from services.router.moderation import CommentActions
 from services.router.mutex import RedisLocks, redis_client
 from services.router.pages import PageDirectory
 from services.router.profiles import ProfileFetcher
@@ -76,6 +77,8 @@ async def router_harness(
     before_write: BeforeWrite | None = None,
     profiles: Callable[[async_sessionmaker], ProfileFetcher] | None = None,
     sender: Callable[[async_sessionmaker, RedisLocks, PageDirectory], Sender] | None = None,
+    comment_actions: Callable[[async_sessionmaker, RedisLocks, PageDirectory], CommentActions]
+    | None = None,
     apply: ApplySettings | None = None,
     parked_sweep_s: float = 0.2,
 ) -> AsyncIterator[RouterHarness]:
@@ -92,6 +95,9 @@ async def router_harness(
     built_sender = sender(factory, locks, pages) if sender is not None else None
     if built_sender is not None:
         built_sender._notifier = notifier  # the feed this router notifies
+    built_actions = comment_actions(factory, locks, pages) if comment_actions else None
+    if built_actions is not None:
+        built_actions.notifier = notifier
     router = build_router(
         engine,
         factory,
@@ -99,6 +105,7 @@ async def router_harness(
         pages,
         apply=apply or ApplySettings(idle_poll_s=0.05),
         sender=built_sender,
+        comment_actions=built_actions,
         profiles=fetcher,
         notifier=notifier,
         parked_sweep_s=parked_sweep_s,

@@ -134,7 +134,7 @@ async def insert_ignoring(
         return []
     columns = tuple(rows[0])
     if session.bind.dialect.name == "postgresql":
-        typed = _typed(table, columns)
+        columns_typed = typed(table, columns)
         quoted = ", ".join(f'"{c}"' for c in columns)
         template = (
             f'INSERT INTO "{table}" ({quoted}) SELECT {", ".join("v." + c for c in columns)}'
@@ -142,7 +142,7 @@ async def insert_ignoring(
         )
         if returning:
             template += " RETURNING " + ", ".join(f'"{c}"' for c in returning)
-        return await _pg(session, template, typed, rows, None)
+        return await _pg(session, template, columns_typed, rows, None)
     out: list[Row[Any]] = []
     for part in chunks(rows, len(columns)):
         params = {f"{c}_{i}": row[c] for i, row in enumerate(part) for c in columns}
@@ -164,7 +164,7 @@ _PG_TYPES = {
 
 
 @functools.lru_cache(maxsize=256)
-def _typed(table: str, columns: tuple[str, ...]) -> Columns:
+def typed(table: str, columns: tuple[str, ...]) -> Columns:
     """(column, PostgreSQL type) from the router's models, for `unnest`'s arrays."""
     described = Base.metadata.tables[table].columns
     from sqlalchemy.dialects import postgresql

@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.router.store import bulk
 from services.router.store.models import Change
 
-ChangeRow = tuple[str, int | None, int | None, int | None]  # kind, conversation, message, event
+# kind, conversation, message, event row, comment, thread
+ChangeRow = tuple[str, int | None, int | None, int | None, int | None, int | None]
 
 _BUMP = (
     "INSERT INTO account_cursors (account_id, last_cursor)"
@@ -53,8 +54,17 @@ async def record(
                 "message_id": message_id,
                 "event_row_id": event_row_id,
                 "committed_at_ms": now,
+                "comment_row_id": comment_row_id,
+                "thread_id": thread_id,
             }
-            for i, (kind, conversation_id, message_id, event_row_id) in enumerate(items)
+            for i, (
+                kind,
+                conversation_id,
+                message_id,
+                event_row_id,
+                comment_row_id,
+                thread_id,
+            ) in enumerate(items)
         ]
     await bulk.insert_ignoring(session, "changes", rows)
 

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.router.store import bulk
+from services.router.store.models import EventLog
 
 PENDING, APPLIED, PARKED = "pending", "applied", "parked"
 # An entry the database refused to apply (a value or a bug, not an outage): kept, listed.
@@ -103,19 +104,30 @@ class Claimed:
     stored_at_ms: int
     event: bytes
     trace_parent: str = ""
+    # Set when the entry is to be normalized again from its raw item before it is applied.
+    renormalize: bool = False
+    raw_json: str | None = None
+    kind: str = ""
+    event_id: str = ""
+    timestamp_ms: int = 0
+    received_at_ms: int = 0
 
 
+_CLAIMED = (
+    "id, platform, page_id, stored_at_ms, event, trace_parent, renormalize,"
+    " CASE WHEN renormalize THEN raw_json END, kind, event_id, timestamp_ms, received_at_ms"
+)
 _PG_CLAIM = text(
     "UPDATE events SET lease_until_ms = :until WHERE id IN ("
     " SELECT id FROM events WHERE state = 'pending' AND lease_until_ms < :now"
     " ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED)"
-    " RETURNING id, platform, page_id, stored_at_ms, event, trace_parent"
+    " RETURNING " + _CLAIMED
 )
 _SQLITE_CLAIM = text(
     "UPDATE events SET lease_until_ms = :until WHERE id IN ("
     " SELECT id FROM events WHERE state = 'pending' AND lease_until_ms < :now"
     " ORDER BY id LIMIT :n)"
-    " RETURNING id, platform, page_id, stored_at_ms, event, trace_parent"
+    " RETURNING " + _CLAIMED
 )
 
 
@@ -123,7 +135,10 @@ async def claim(session: AsyncSession, limit: int, now: int, lease_ms: int) -> l
     """The oldest pending entries nobody holds, leased to the caller until now + lease."""
     statement = _PG_CLAIM if session.bind.dialect.name == "postgresql" else _SQLITE_CLAIM
     result = await session.execute(statement, {"until": now + lease_ms, "now": now, "n": limit})
-    claimed = [Claimed(r[0], r[1], r[2], r[3], r[4], r[5]) for r in result.all()]
+    claimed = [
+        Claimed(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8], r[9], r[10], r[11])
+        for r in result.all()
+    ]
     claimed.sort(key=lambda c: c.row_id)
     return claimed
 
@@ -152,6 +167,62 @@ async def settle(
         for i, s, c, lease in outcomes
     ]
     await bulk.with_values(session, _SETTLE, _SETTLE_COLUMNS, rows, {"now": now})
+
+
+_RENORMALIZED = (
+    "UPDATE events SET event = v.event, kind = v.kind, user_id = v.user_id,"
+    " direction = v.direction, renormalize = false FROM {values} WHERE events.id = v.id"
+)
+_RENORMALIZED_COLUMNS = (
+    ("id", "BIGINT"),
+    ("event", "BYTEA"),
+    ("kind", "TEXT"),
+    ("user_id", "TEXT"),
+    ("direction", "TEXT"),
+)
+
+
+async def renormalized(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Stores the new normalized form of entries normalized again (id, event, kind, ...)."""
+    if rows:
+        await bulk.with_values(session, _RENORMALIZED, _RENORMALIZED_COLUMNS, rows)
+
+
+async def mark_reprocess(
+    session: AsyncSession, *, platform: str, page_id: str, kinds: Sequence[str], since_ms: int
+) -> int:
+    """Marks kept entries to be normalized again and applied; how many."""
+    where = ["state IN ('applied', 'failed', 'parked')"]
+    params: dict[str, Any] = {}
+    if platform:
+        where.append("platform = :platform")
+        params["platform"] = platform
+    if page_id:
+        where.append("page_id = :page")
+        params["page"] = page_id
+    if since_ms:
+        where.append("timestamp_ms >= :since")
+        params["since"] = since_ms
+    if kinds:
+        names = {f"k{i}": k for i, k in enumerate(kinds)}
+        where.append("kind IN (" + ", ".join(f":{n}" for n in names) + ")")
+        params.update(names)
+    result = await session.execute(
+        text(
+            "UPDATE events SET renormalize = true, lease_until_ms = 0,"
+            " state = CASE WHEN state = 'parked' THEN 'parked' ELSE 'pending' END"
+            " WHERE " + " AND ".join(where)
+        ),
+        params,
+    )
+    return result.rowcount or 0
+
+
+async def drop(session: AsyncSession, row_ids: Sequence[int]) -> None:
+    """Deletes entries a purge covers that were appended while it ran (its tombstone was
+    not committed yet when their append checked it)."""
+    if row_ids:
+        await session.execute(delete(EventLog).where(EventLog.id.in_(list(row_ids))))
 
 
 async def release(session: AsyncSession, row_ids: Sequence[int]) -> None:
@@ -193,6 +264,7 @@ class LogStatus:
     parked: int
     failed: int
     oldest_pending_ms: int = 0  # when the oldest pending entry was appended; 0 when none
+    renormalizing: int = 0  # pending entries to be normalized again first
 
 
 async def status(session: AsyncSession, now: int) -> LogStatus:
@@ -215,10 +287,16 @@ async def status(session: AsyncSession, now: int) -> LogStatus:
             )
         ).all()
     )
+    renormalizing = (
+        await session.execute(
+            text("SELECT count(*) FROM events WHERE state = 'pending' AND renormalize")
+        )
+    ).scalar_one()
     return LogStatus(
         int(row[0]),
         int(row[1] or 0),
         int(counts.get(PARKED, 0)),
         int(counts.get(FAILED, 0)),
         int(row[2] or 0),
+        int(renormalizing),
     )

@@ -221,6 +221,9 @@ class Change(Base):
     message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
     event_row_id: Mapped[int | None] = mapped_column(ForeignKey("events.id"))
     committed_at_ms: Mapped[int] = mapped_column(BigInteger)
+    # For comment changes: the comment (or the thread, for a post's reactions).
+    comment_row_id: Mapped[int | None] = mapped_column(ForeignKey("comments.id"))
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("comment_threads.id"))
 
 
 class EventLog(Base):
@@ -274,13 +277,17 @@ class EventLog(Base):
     applied_at_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     # The W3C traceparent of the Ingest that appended it: the apply batch links to it.
     trace_parent: Mapped[str] = mapped_column(String(64), default="")
+    # Normalize the raw item again before applying it (an upgrade, `events reprocess`).
+    renormalize: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class RouterPage(Base):
-    """A connected page's account, as subscriptions told the router (RouteParked).
+    """A page's account as subscriptions last told the router (RouteParked), or '' once it
+    was disconnected or purged (PageDisconnected, PurgePage): its events are parked.
 
     Read in every apply transaction, so a move or a disconnect reaches every replica
-    before its next apply; a page not here is asked of subscriptions once and kept.
+    before its next apply; a page not here at all (connected before this table existed)
+    is asked of subscriptions once and kept.
     """
 
     __tablename__ = "pages"
@@ -289,6 +296,8 @@ class RouterPage(Base):
     page_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     account_id: Mapped[str] = mapped_column(String(64))
     updated_at_ms: Mapped[int] = mapped_column(BigInteger)
+    # The version of subscriptions' last notice taken (0: none carried one).
+    version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class PurgedPage(Base):
@@ -300,3 +309,145 @@ class PurgedPage(Base):
     platform: Mapped[str] = mapped_column(String(16), primary_key=True)
     page_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     purged_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class CommentThread(Base):
+    """The comments of one post (Facebook) or piece of media (Instagram) of a page."""
+
+    __tablename__ = "comment_threads"
+    __table_args__ = (
+        UniqueConstraint("platform", "page_id", "post_id", name="uq_comment_threads_post"),
+        Index("ix_comment_threads_account_recent", "account_id", "last_activity_ms"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    platform: Mapped[str] = mapped_column(String(16))
+    page_id: Mapped[str] = mapped_column(String(128))
+    post_id: Mapped[str] = mapped_column(String(512))
+    media_product_type: Mapped[str] = mapped_column(String(64), default="")
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    # Meta time of the newest item of the thread.
+    last_activity_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    comment_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Fence of the last batch that wrote the thread (guarantee 5, as for conversations).
+    fence: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Comment(Base):
+    """One comment, folded from every item about it whatever their order."""
+
+    __tablename__ = "comments"
+    __table_args__ = (
+        UniqueConstraint("platform", "page_id", "comment_id", name="uq_comments_comment"),
+        Index("ix_comments_thread", "thread_id", "created_time_ms"),
+        Index("ix_comments_author", "platform", "page_id", "author_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    thread_id: Mapped[int] = mapped_column(ForeignKey("comment_threads.id"))
+    platform: Mapped[str] = mapped_column(String(16))
+    page_id: Mapped[str] = mapped_column(String(128))
+    comment_id: Mapped[str] = mapped_column(String(512))
+    parent_id: Mapped[str] = mapped_column(String(512), default="")
+    author_id: Mapped[str] = mapped_column(String(128), default="")
+    author_name: Mapped[str] = mapped_column(Text, default="")
+    # The newest edit's text (the original when never edited); empty once removed.
+    text: Mapped[str] = mapped_column(Text, default="")
+    original_text: Mapped[str] = mapped_column(Text, default="")
+    created_time_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    # (Meta time, event id) of the newest edit folded in; 0 when never edited.
+    edited_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    edit_event_id: Mapped[str] = mapped_column(String(512), default="")
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False)
+    # (Meta time, event id) of the newest hide or unhide.
+    hidden_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    hidden_event_id: Mapped[str] = mapped_column(String(512), default="")
+    removed: Mapped[bool] = mapped_column(Boolean, default=False)
+    removed_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The Page itself wrote it (a reply from Meta's inbox, or one sent through Pagewire).
+    from_page: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Only seen as a mention of the account (Instagram `mentions`).
+    mention: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Whether its `add` came (an edit or hide seen first leaves a placeholder).
+    seen_add: Mapped[bool] = mapped_column(Boolean, default=False)
+    field: Mapped[str] = mapped_column(String(64), default="")
+    media_product_type: Mapped[str] = mapped_column(String(64), default="")
+    ad_id: Mapped[str] = mapped_column(String(512), default="")
+    ad_title: Mapped[str] = mapped_column(Text, default="")
+    attachment_url: Mapped[str] = mapped_column(Text, default="")
+    # The certificate identity whose ReplyToComment wrote it, for the Page's own replies.
+    sent_by: Mapped[str] = mapped_column(String(128), default="")
+    stored_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class CommentEdit(Base):
+    """One edit of a comment, kept even when it arrives before the comment."""
+
+    __tablename__ = "comment_edits"
+    __table_args__ = (
+        UniqueConstraint("platform", "page_id", "event_id", name="uq_comment_edits_event"),
+        Index("ix_comment_edits_comment", "platform", "page_id", "comment_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    page_id: Mapped[str] = mapped_column(String(128))
+    comment_id: Mapped[str] = mapped_column(String(512))
+    event_id: Mapped[str] = mapped_column(String(512))
+    text: Mapped[str] = mapped_column(Text)
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class PostReaction(Base):
+    """A person's newest reaction to a post (or to a comment on it)."""
+
+    __tablename__ = "post_reactions"
+    __table_args__ = (
+        UniqueConstraint(
+            "platform", "page_id", "post_id", "comment_id", "user_id", name="uq_post_reactions"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    page_id: Mapped[str] = mapped_column(String(128))
+    post_id: Mapped[str] = mapped_column(String(512))
+    # "" for a reaction on the post itself.
+    comment_id: Mapped[str] = mapped_column(String(512), default="")
+    user_id: Mapped[str] = mapped_column(String(128))
+    user_name: Mapped[str] = mapped_column(Text, default="")
+    reaction_type: Mapped[str] = mapped_column(String(32))
+    # add, edit or remove: a removed reaction is kept (it may be newer than an add).
+    verb: Mapped[str] = mapped_column(String(16))
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger)
+    event_id: Mapped[str] = mapped_column(String(512))
+
+
+class CommentAction(Base):
+    """A reply or moderation of a comment, recorded before Graph is called (idempotency)."""
+
+    __tablename__ = "comment_actions"
+    __table_args__ = (
+        UniqueConstraint("platform", "page_id", "idempotency_key", name="uq_comment_actions_key"),
+        Index("ix_comment_actions_comment", "platform", "page_id", "comment_id", "action"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    page_id: Mapped[str] = mapped_column(String(128))
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    comment_id: Mapped[str] = mapped_column(String(512))
+    # reply, private_reply, hide, unhide, delete.
+    action: Mapped[str] = mapped_column(String(16))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # PENDING (Graph being called), ACCEPTED, REJECTED or UNKNOWN.
+    state: Mapped[str] = mapped_column(String(16))
+    # What Graph returned: the new comment's id, or the private reply's mid.
+    result_id: Mapped[str] = mapped_column(String(512), default="")
+    error_code: Mapped[int] = mapped_column(Integer, default=0)
+    error_subcode: Mapped[int] = mapped_column(Integer, default=0)
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    sent_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_at_ms: Mapped[int] = mapped_column(BigInteger)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,7 +16,7 @@ _PAGE_COLUMNS = (("platform", "TEXT"), ("page_id", "TEXT"))
 async def accounts(
     session: AsyncSession, pages: Iterable[tuple[str, str]], *, share: bool = False
 ) -> dict[tuple[str, str], str]:
-    """The account of each of `pages` the router knows as connected.
+    """The account of each of `pages` the router has a row for ('': not connected).
 
     With `share` (inside an apply transaction) the rows are share-locked until commit: a
     move or a purge of one of these pages waits for the batch, and a batch that starts
@@ -35,29 +36,48 @@ async def accounts(
     return {(r[0], r[1]): r[2] for r in found}
 
 
-async def connect(
-    session: AsyncSession, platform: str, page_id: str, account_id: str, now: int
-) -> str | None:
-    """Records the page's account; returns the account it had before (None: new)."""
-    before = (
+@dataclass(frozen=True)
+class Notice:
+    """What recording a page's account did."""
+
+    taken: bool  # False: the router already had a newer notice, nothing changed
+    before: str | None  # the account it had ('' not connected, None no row)
+
+
+async def set_account(
+    session: AsyncSession, platform: str, page_id: str, account_id: str, version: int, now: int
+) -> Notice:
+    """Records the page's account ('' : not connected) unless a newer notice is already
+    recorded; version 0 is always taken and keeps the recorded version."""
+    row = (
         await session.execute(
             text(
-                "SELECT account_id FROM pages WHERE platform = :platform AND page_id = :page"
+                "SELECT account_id, version FROM pages WHERE platform = :platform"
+                " AND page_id = :page"
                 + (" FOR UPDATE" if session.bind.dialect.name == "postgresql" else "")
             ),
             {"platform": platform, "page": page_id},
         )
-    ).scalar_one_or_none()
+    ).first()
+    before, recorded = (row[0], row[1]) if row is not None else (None, 0)
+    if version and version < recorded:
+        return Notice(False, before)
     await session.execute(
         text(
-            "INSERT INTO pages (platform, page_id, account_id, updated_at_ms)"
-            " VALUES (:platform, :page, :account, :now) ON CONFLICT (platform, page_id)"
-            " DO UPDATE SET account_id = excluded.account_id,"
-            " updated_at_ms = excluded.updated_at_ms"
+            "INSERT INTO pages (platform, page_id, account_id, updated_at_ms, version)"
+            " VALUES (:platform, :page, :account, :now, :version)"
+            " ON CONFLICT (platform, page_id) DO UPDATE SET account_id = excluded.account_id,"
+            " updated_at_ms = excluded.updated_at_ms, version = excluded.version"
         ),
-        {"platform": platform, "page": page_id, "account": account_id, "now": now},
+        {
+            "platform": platform,
+            "page": page_id,
+            "account": account_id,
+            "now": now,
+            "version": max(version, recorded),
+        },
     )
-    return before
+    return Notice(True, before)
 
 
 async def learn(
@@ -74,22 +94,41 @@ async def learn(
 
 
 async def rehome(session: AsyncSession, platform: str, page_id: str, account_id: str) -> int:
-    """Moves every conversation of the page to `account_id`, in one statement."""
+    """Moves every conversation (and comment thread) of the page to `account_id`, one
+    statement each; how many conversations moved."""
+    params = {"platform": platform, "page": page_id, "account": account_id}
     result = await session.execute(
         text(
             "UPDATE conversations SET account_id = :account"
             " WHERE platform = :platform AND page_id = :page AND account_id <> :account"
         ),
-        {"platform": platform, "page": page_id, "account": account_id},
+        params,
+    )
+    await session.execute(
+        text(
+            "UPDATE comment_threads SET account_id = :account"
+            " WHERE platform = :platform AND page_id = :page AND account_id <> :account"
+        ),
+        params,
     )
     return result.rowcount or 0
 
 
-async def forget(session: AsyncSession, platform: str, page_id: str) -> None:
-    await session.execute(
-        text("DELETE FROM pages WHERE platform = :platform AND page_id = :page"),
-        {"platform": platform, "page": page_id},
+async def tombstones(
+    session: AsyncSession, pages: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """The purge tombstone (newest Meta time dropped) of each of `pages` that has one."""
+    rows = [{"platform": p, "page_id": g} for p, g in pages]
+    if not rows:
+        return {}
+    found = await bulk.with_values(
+        session,
+        "SELECT t.platform, t.page_id, t.purged_at_ms FROM purged_pages t JOIN {values}"
+        " ON t.platform = v.platform AND t.page_id = v.page_id",
+        _PAGE_COLUMNS,
+        rows,
     )
+    return {(r[0], r[1]): r[2] for r in found}
 
 
 async def tombstone(session: AsyncSession, platform: str, page_id: str, up_to_ms: int) -> None:

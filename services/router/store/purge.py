@@ -8,12 +8,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.router.store import pages
 from services.router.store.models import (
     Change,
+    Comment,
+    CommentAction,
+    CommentEdit,
+    CommentThread,
     Contact,
     Conversation,
     EventLog,
     Message,
     MessageEdit,
     MessageMark,
+    PostReaction,
     Reaction,
 )
 
@@ -30,7 +35,8 @@ async def purge_page(
             )
         )
     ).scalar_one_or_none()
-    await pages.forget(session, platform, page_id)
+    # Not connected from now on (the row stays, so no replica learns the page again).
+    await pages.set_account(session, platform, page_id, "", 0, now)
     await pages.tombstone(session, platform, page_id, max(now, newest or 0))
     conversations = select(Conversation.id).where(
         Conversation.platform == platform, Conversation.page_id == page_id
@@ -38,9 +44,16 @@ async def purge_page(
     page_events = select(EventLog.id).where(
         EventLog.platform == platform, EventLog.page_id == page_id
     )
+    threads = select(CommentThread.id).where(
+        CommentThread.platform == platform, CommentThread.page_id == page_id
+    )
     await session.execute(
         delete(Change).where(
-            or_(Change.conversation_id.in_(conversations), Change.event_row_id.in_(page_events))
+            or_(
+                Change.conversation_id.in_(conversations),
+                Change.event_row_id.in_(page_events),
+                Change.thread_id.in_(threads),
+            )
         )
     )
     parked = (
@@ -60,6 +73,11 @@ async def purge_page(
         ("", MessageEdit),
         ("", Reaction),
         ("", MessageMark),
+        ("", CommentEdit),
+        ("", PostReaction),
+        ("", CommentAction),
+        ("comments", Comment),
+        ("", CommentThread),
         ("messages", Message),
         ("conversations", Conversation),
         ("", Contact),

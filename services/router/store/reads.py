@@ -11,11 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.router.store.models import (
     Change,
+    Comment,
+    CommentEdit,
+    CommentThread,
     Contact,
     Conversation,
     EventLog,
     Message,
     MessageEdit,
+    PostReaction,
     Reaction,
 )
 
@@ -219,6 +223,129 @@ async def page_activity(session: AsyncSession, platform: str, page_id: str) -> d
 
 
 @dataclass
+class CommentView:
+    """A stored comment with its thread's post id, its edits and its reactions by type."""
+
+    row: Comment
+    post_id: str
+    edits: list[CommentEdit] = field(default_factory=list)
+    reactions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ThreadView:
+    """A stored thread with its post's reactions by type."""
+
+    row: CommentThread
+    reactions: dict[str, int] = field(default_factory=dict)
+
+
+async def _reaction_counts(
+    session: AsyncSession, threads: Sequence[CommentThread]
+) -> dict[tuple[str, str, str, str], dict[str, int]]:
+    """(platform, page, post, comment) → reaction type → count, removed ones left out."""
+    if not threads:
+        return {}
+    counts: dict[tuple[str, str, str, str], dict[str, int]] = {}
+    for platform, page, post in {(t.platform, t.page_id, t.post_id) for t in threads}:
+        rows = await session.execute(
+            select(PostReaction.comment_id, PostReaction.reaction_type, func.count())
+            .where(
+                PostReaction.platform == platform,
+                PostReaction.page_id == page,
+                PostReaction.post_id == post,
+                PostReaction.verb != "remove",
+            )
+            .group_by(PostReaction.comment_id, PostReaction.reaction_type)
+        )
+        for comment_id, reaction_type, count in rows.all():
+            counts.setdefault((platform, page, post, comment_id), {})[reaction_type] = count
+    return counts
+
+
+async def comment_views(
+    session: AsyncSession, rows: Sequence[Comment]
+) -> tuple[list[CommentView], list[ThreadView]]:
+    """The comments with edits and reactions, and their threads."""
+    thread_ids = sorted({r.thread_id for r in rows})
+    threads = (
+        (await session.execute(select(CommentThread).where(CommentThread.id.in_(thread_ids))))
+        .scalars()
+        .all()
+        if thread_ids
+        else []
+    )
+    by_id = {t.id: t for t in threads}
+    counts = await _reaction_counts(session, threads)
+    views = [CommentView(r, by_id[r.thread_id].post_id) for r in rows]
+    by_key = {(v.row.platform, v.row.page_id, v.row.comment_id): v for v in views}
+    if by_key:
+        edits = await session.execute(
+            select(CommentEdit)
+            .where(CommentEdit.comment_id.in_([v.row.comment_id for v in views]))
+            .order_by(CommentEdit.timestamp_ms, CommentEdit.event_id)
+        )
+        for edit in edits.scalars():
+            view = by_key.get((edit.platform, edit.page_id, edit.comment_id))
+            if view is not None:
+                view.edits.append(edit)
+    for view in views:
+        row = view.row
+        view.reactions = counts.get((row.platform, row.page_id, view.post_id, row.comment_id), {})
+    thread_views = [
+        ThreadView(t, counts.get((t.platform, t.page_id, t.post_id, ""), {})) for t in threads
+    ]
+    return views, thread_views
+
+
+async def comments(
+    session: AsyncSession,
+    *,
+    page_id: str,
+    platform: str | None,
+    post_id: str,
+    author_id: str,
+    accounts: Accounts,
+    limit: int,
+    offset: int,
+) -> tuple[list[CommentView], list[ThreadView]]:
+    query = (
+        select(Comment)
+        .join(CommentThread, CommentThread.id == Comment.thread_id)
+        .where(
+            Comment.page_id == page_id,
+            True if platform is None else Comment.platform == platform,
+            _in_accounts(CommentThread.account_id, accounts),
+        )
+    )
+    if post_id:
+        query = query.where(CommentThread.post_id == post_id)
+    if author_id:
+        query = query.where(Comment.author_id == author_id)
+    query = query.order_by(Comment.thread_id, Comment.created_time_ms, Comment.comment_id)
+    rows = (await session.execute(query.limit(limit).offset(offset))).scalars().all()
+    return await comment_views(session, rows)
+
+
+async def comment_by_id(
+    session: AsyncSession, platform: str, page_id: str, comment_id: str
+) -> Comment | None:
+    return (
+        await session.execute(
+            select(Comment).where(
+                Comment.platform == platform,
+                Comment.page_id == page_id,
+                Comment.comment_id == comment_id,
+            )
+        )
+    ).scalar_one_or_none()
+
+
+async def thread(session: AsyncSession, thread_id: int) -> CommentThread | None:
+    return await session.get(CommentThread, thread_id)
+
+
+@dataclass
 class ChangeState:
     """A feed change with the rows it names, as they are now."""
 
@@ -227,6 +354,8 @@ class ChangeState:
     contact: Contact | None = None
     message: MessageView | None = None
     event: EventLog | None = None
+    comment: CommentView | None = None
+    thread: ThreadView | None = None
 
 
 async def change_state(session: AsyncSession, change: Change) -> ChangeState:
@@ -241,4 +370,15 @@ async def change_state(session: AsyncSession, change: Change) -> ChangeState:
             (state.message,) = await message_views(session, [message])
     if change.event_row_id is not None:
         state.event = await session.get(EventLog, change.event_row_id)
+    if change.comment_row_id is not None:
+        comment = await session.get(Comment, change.comment_row_id)
+        if comment is not None:
+            (state.comment,), _ = await comment_views(session, [comment])
+    if change.thread_id is not None:
+        found = await session.get(CommentThread, change.thread_id)
+        if found is not None:
+            counts = await _reaction_counts(session, [found])
+            state.thread = ThreadView(
+                found, counts.get((found.platform, found.page_id, found.post_id, ""), {})
+            )
     return state
