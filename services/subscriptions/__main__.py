@@ -86,13 +86,15 @@ async def main() -> None:
 
     stop = asyncio.Event()
     loop: asyncio.Task[None] | None = None
+    notices: asyncio.Task[None] | None = None
 
     async def stop_reconcile() -> None:
         stop.set()
-        if loop is not None:
-            # A run in progress gets a moment to record its results, then is cancelled.
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(loop, settings.grace_s)
+        for task in (loop, notices):
+            if task is not None:
+                # A run in progress gets a moment to record its results, then is cancelled.
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(task, settings.grace_s)
 
     async def close_channels() -> None:
         await tokens_channel.close()
@@ -115,6 +117,9 @@ async def main() -> None:
         closers=closers,
         credentials=security.server_credentials(),
         health_port=security.health_port,
+    )
+    notices = asyncio.create_task(
+        connections.notices.loop(stop, settings.notice_retry_s), name="router notices"
     )
     if settings.reconcile.interval_s > 0:
         loop = asyncio.create_task(reconciler.loop(stop), name="reconcile")

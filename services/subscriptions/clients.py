@@ -58,23 +58,36 @@ def _platform(name: str) -> int:
 
 
 class RouterClient:
-    """RouteParked, GetPageActivity and PurgePage, each with a deadline."""
+    """RouteParked, PageDisconnected, GetPageActivity and PurgePage, each with a deadline."""
 
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
         self._stub = router_pb2_grpc.RouterServiceStub(channel)
         self._timeout = timeout_s
 
-    async def route_parked(self, platform: str, page_id: str, account_id: str) -> int:
+    async def route_parked(
+        self, platform: str, page_id: str, account_id: str, version: int = 0
+    ) -> int:
         """Tells the router the page's account; returns how many parked events it will
         now apply."""
         request = router_pb2.RouteParkedRequest(
-            platform=_platform(platform), page_id=page_id, account_id=account_id
+            platform=_platform(platform), page_id=page_id, account_id=account_id, version=version
         )
         try:
             response = await self._stub.RouteParked(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise _domain_error("router", exc) from None
         return response.routed
+
+    async def page_disconnected(self, platform: str, page_id: str, version: int) -> bool:
+        """Tells the router the page is no longer connected; False if it had newer news."""
+        request = router_pb2.PageDisconnectedRequest(
+            platform=_platform(platform), page_id=page_id, version=version
+        )
+        try:
+            response = await self._stub.PageDisconnected(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _domain_error("router", exc) from None
+        return response.applied
 
     async def page_activity(self, platform: str, page_id: str, timeout_s: float) -> dict[str, int]:
         """The router's last event and counts for the page."""

@@ -33,6 +33,8 @@ FACEBOOK_FIELDS = (
     "messaging_handovers",
     "standby",
     "messaging_policy_enforcement",
+    # Page posts' comments and reactions (changes[] items, stored as comment threads).
+    "feed",
 )
 INSTAGRAM_FIELDS = (
     "messages",
@@ -41,6 +43,10 @@ INSTAGRAM_FIELDS = (
     "messaging_postbacks",
     "messaging_referral",
     "messaging_optins",
+    # Comments on media, on live broadcasts, and @mentions (changes[] items).
+    "comments",
+    "live_comments",
+    "mentions",
 )
 
 FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -70,6 +76,9 @@ class SubscriptionsSettings:
     router_target: str = "127.0.0.1:50051"
     rpc_timeout_s: float = 2.0
     route_parked_timeout_s: float = 15.0
+    # How often notices the router has not taken yet are looked for (each has its own
+    # delay, doubling from 1 s to 5 min).
+    notice_retry_s: float = 2.0
     facebook_fields: tuple[str, ...] = FACEBOOK_FIELDS
     instagram_fields: tuple[str, ...] = INSTAGRAM_FIELDS
     host: str = "127.0.0.1"
@@ -98,6 +107,7 @@ class SubscriptionsSettings:
             router_target=grpc_target(environ, "router", 50051),
             rpc_timeout_s=env_float(environ, "RPC_TIMEOUT_S", 2.0, minimum=0.05),
             route_parked_timeout_s=env_float(environ, "ROUTE_PARKED_TIMEOUT_S", 15.0, minimum=0.1),
+            notice_retry_s=env_float(environ, "ROUTER_NOTICE_RETRY_S", 2.0, minimum=0.05),
             facebook_fields=_fields(environ, "FACEBOOK_FIELDS", FACEBOOK_FIELDS),
             instagram_fields=_fields(environ, "INSTAGRAM_FIELDS", INSTAGRAM_FIELDS),
             host=env_str(environ, "GRPC_HOST", "127.0.0.1"),

@@ -4,6 +4,8 @@ Order matters. A connect stores the token before subscribing (Graph needs it,
 and a failed subscription must be retryable from the vault), stores the
 connection before routing parked events (the router looks the page up), and
 changes nothing when the page belongs to another account and no move was asked.
+Every connect, move and disconnect writes a notice for the router in the same
+transaction (notices.py sends it, and again until the router has taken it).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pagewire.kit.principal import SYSTEM, Principal
 from pagewire.kit.settings import Secret
 from pagewire.kit.timeutil import now_ms
 from services.subscriptions import store
+from services.subscriptions.notices import Notices
 from services.subscriptions.ports import Graph, Router, Vault
 from services.subscriptions.store import Outcome, PageConnection
 from services.subscriptions.subscribing import Subscriber
@@ -89,6 +92,7 @@ class Connections:
         self._vault = vault
         self._graph = graph
         self._router = router
+        self.notices = Notices(sessions, router)
         self._default_fields = default_fields
         self.subscriber = Subscriber(graph, app_ids or {})
 
@@ -143,6 +147,9 @@ class Connections:
                     )
                 page = await store.get(session, platform, page_id)
                 assert page is not None  # just written in this transaction
+                notice = await store.note_for_router(
+                    session, platform, page_id, account_id, now_ms()
+                )
         except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
         if existing is not None and existing.account_id != account_id:
@@ -165,7 +172,7 @@ class Connections:
             },
         )
 
-        routed = await self._route_parked(platform, page_id, account_id)
+        routed = await self.notices.deliver(notice) or 0
         if error is not None and (error.unavailable or error.throttled):
             raise Unavailable(
                 f"{error.summary}; {platform} page {page_id} is stored as SUBSCRIBE_FAILED,"
@@ -234,8 +241,11 @@ class Connections:
         try:
             async with self._sessions() as session, session.begin():
                 await store.delete_connection(session, platform, page_id)
+                notice = await store.note_for_router(session, platform, page_id, "", now_ms())
         except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
+        # Its events are parked from the router's next batch on; a failure is retried.
+        await self.notices.deliver(notice)
         log.info(
             "page disconnected",
             extra={"platform": platform, "page_id": page_id, "unsubscribed": unsubscribed},
@@ -383,18 +393,6 @@ class Connections:
                 "could not mark the token invalid",
                 extra={"platform": platform, "page_id": page_id, "error": str(exc)},
             )
-
-    async def _route_parked(self, platform: str, page_id: str, account_id: str) -> int:
-        try:
-            return await self._router.route_parked(platform, page_id, account_id)
-        except PagewireError as exc:
-            # The connection itself is stored: the router's parked sweep finds the page
-            # connected within its period, and connecting again retries at once.
-            log.warning(
-                "could not route parked events",
-                extra={"platform": platform, "page_id": page_id, "error": str(exc)},
-            )
-            return 0
 
 
 def _owned_elsewhere(

@@ -1,4 +1,5 @@
-"""The subscriptions service's metrics: pages by status, reconcile checks and repairs."""
+"""The subscriptions service's metrics: pages by status, reconcile checks and repairs,
+router notices."""
 
 from __future__ import annotations
 
@@ -26,7 +27,20 @@ RECONCILE_REPAIRS = Counter(
     "Subscriptions Meta had dropped or narrowed, subscribed again by reconcile.",
     ["platform"],
 )
+ROUTER_NOTICES = Counter(
+    "pagewire_router_notices",
+    "Page connect, move and disconnect notices sent to the router, by outcome (a failed one"
+    " is sent again).",
+    ["outcome"],
+)
+ROUTER_NOTICES_PENDING = Gauge(
+    "pagewire_router_notices_pending",
+    "Pages whose latest connect, move or disconnect the router has not taken yet, read"
+    " every 30 s; above 0 for long means the router keeps refusing or cannot be reached.",
+)
 
+for _outcome in ("delivered", "failed"):
+    ROUTER_NOTICES.labels(_outcome)
 for _outcome in CHECK_OUTCOMES:
     RECONCILE_CHECKS.labels(_outcome)
 for _platform in PLATFORMS:
@@ -42,3 +56,5 @@ async def refresh_pages(sessions: async_sessionmaker[AsyncSession]) -> None:
             PAGES.labels(platform.lower(), status).set(counts.pop((platform, status), 0))
     for (platform, status), count in counts.items():
         PAGES.labels(platform.lower(), status).set(count)
+    async with sessions() as session:
+        ROUTER_NOTICES_PENDING.set(await store.undelivered_notices(session))

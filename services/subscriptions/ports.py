@@ -47,7 +47,11 @@ class Vault(Protocol):
 class Router(Protocol):
     """The router service."""
 
-    async def route_parked(self, platform: str, page_id: str, account_id: str) -> int: ...
+    async def route_parked(
+        self, platform: str, page_id: str, account_id: str, version: int = 0
+    ) -> int: ...
+
+    async def page_disconnected(self, platform: str, page_id: str, version: int) -> bool: ...
 
     async def page_activity(
         self, platform: str, page_id: str, timeout_s: float

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -65,6 +65,39 @@ class PageConnection(Base):
     @property
     def fields(self) -> list[str]:
         return [name for name in self.subscribed_fields.split(",") if name]
+
+
+class RouterNotice(Base):
+    """What the router must be told of a page: its account ('' once disconnected), under a
+    version one more at every change, until the router has taken that version.
+
+    Written in the transaction that changes the connection, so a notice cannot be lost
+    between the change and the call (the router down, the call timed out, this process
+    killed); delivered at once and retried until it is. One row per page ever connected.
+    """
+
+    __tablename__ = "router_notices"
+    __table_args__ = (Index("router_notices_due_idx", "next_at_ms"),)
+
+    platform: Mapped[str] = mapped_column(String(16), primary_key=True)
+    page_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(BigInteger)
+    delivered_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When the next attempt is due; 0 once delivered.
+    next_at_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A notice to deliver: the page, its account ('' disconnected), its version."""
+
+    platform: str
+    page_id: str
+    account_id: str
+    version: int
 
 
 @dataclass(frozen=True)
@@ -235,3 +268,96 @@ async def count_by_status(session: AsyncSession) -> dict[tuple[str, str], int]:
         )
     )
     return {(platform, status): count for platform, status, count in rows}
+
+
+async def note_for_router(
+    session: AsyncSession, platform: str, page_id: str, account_id: str, now: int
+) -> Notice:
+    """Records, in the caller's transaction, that the router must learn the page's account
+    ('' : disconnected); the notice's version is one more than the page's last."""
+    insert = upsert_insert(session.get_bind().dialect.name)
+    stmt = insert(RouterNotice).values(
+        platform=platform,
+        page_id=page_id,
+        account_id=account_id,
+        version=1,
+        delivered_version=0,
+        attempts=0,
+        next_at_ms=now,
+        last_error="",
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["platform", "page_id"],
+        set_={
+            "account_id": account_id,
+            "version": RouterNotice.version + 1,
+            "attempts": 0,
+            "next_at_ms": now,
+            "last_error": "",
+        },
+    ).returning(RouterNotice.version)
+    version = (await session.execute(stmt)).scalar_one()
+    return Notice(platform, page_id, account_id, version)
+
+
+async def due_notices(session: AsyncSession, now: int, limit: int) -> list[Notice]:
+    """Notices the router has not taken yet whose next attempt is due, oldest due first."""
+    rows = await session.execute(
+        select(
+            RouterNotice.platform,
+            RouterNotice.page_id,
+            RouterNotice.account_id,
+            RouterNotice.version,
+        )
+        .where(
+            RouterNotice.delivered_version < RouterNotice.version,
+            RouterNotice.next_at_ms <= now,
+        )
+        .order_by(RouterNotice.next_at_ms)
+        .limit(limit)
+    )
+    return [Notice(*row) for row in rows]
+
+
+async def notice_delivered(session: AsyncSession, notice: Notice) -> None:
+    """The router took `notice` (or a newer one was already there)."""
+    await session.execute(
+        update(RouterNotice)
+        .where(
+            RouterNotice.platform == notice.platform,
+            RouterNotice.page_id == notice.page_id,
+            RouterNotice.delivered_version < notice.version,
+        )
+        .values(
+            delivered_version=notice.version,
+            attempts=0,
+            last_error="",
+            next_at_ms=0,
+        )
+    )
+
+
+async def notice_failed(
+    session: AsyncSession, notice: Notice, now: int, delay_ms: Callable[[int], int], error: str
+) -> int:
+    """Counts a failed delivery of `notice` and schedules the next one `delay_ms(attempts)`
+    from now; the attempts so far (0: a newer notice was written meanwhile, and keeps its
+    own schedule)."""
+    row = await session.get(RouterNotice, (notice.platform, notice.page_id), with_for_update=True)
+    if row is None or row.version != notice.version or row.delivered_version >= row.version:
+        return 0
+    row.attempts += 1
+    row.next_at_ms = now + delay_ms(row.attempts)
+    row.last_error = error[:500]
+    return row.attempts
+
+
+async def undelivered_notices(session: AsyncSession) -> int:
+    """How many pages' latest notice the router has not taken yet."""
+    return (
+        await session.execute(
+            select(func.count())
+            .select_from(RouterNotice)
+            .where(RouterNotice.delivered_version < RouterNotice.version)
+        )
+    ).scalar_one()

@@ -60,3 +60,9 @@ def test_unknown_rule_values_are_refused(helm: str) -> None:
         assert "additional properties 'for' not allowed" in str(refused)
     else:
         raise AssertionError("an unknown prometheusRule value was accepted")
+
+
+def test_the_router_not_told_alert_renders_when_enabled(rendered: dict[str, list[dict]]) -> None:
+    rule = _rules(rendered["ha"])["PagewireRouterNotTold"]
+    assert (rule["expr"], rule["for"]) == ("max(pagewire_router_notices_pending) > 0", "15m")
+    assert "{{ $value | humanize }}" in rule["annotations"]["description"]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from pagewire import fakegraph
-from tests.e2e.conftest import PAGE_TOKENS, cli, connect
+from tests.e2e.conftest import PAGE_TOKENS, applied, cli, connect, query
 from tests.support.stack import Stack
 from tests.support.waiting import wait_for
 
@@ -112,6 +112,31 @@ async def test_disconnect_with_purge(
     assert gone == []
     (delete,) = graph.state.requests_to("DELETE")
     assert delete["bearer_token"] == PAGE_TOKENS[PAGE]
+
+
+async def test_a_disconnected_page_has_new_events_parked_until_connected_again(
+    stack: Stack, database_url: str, fixtures_dir: Path
+) -> None:
+    """Without --purge, what was stored stays, and what arrives for the page afterwards is
+    kept in the log, not applied into the account it left, until it is connected again."""
+    await connect(stack, PAGE)
+    await cli(stack, "webhook", "send", str(fixtures_dir / "meta" / "01_text_message.json"))
+    await cli(stack, "pages", "disconnect", "--platform", "facebook", "--page-id", PAGE)
+    later = fixtures_dir / "meta" / "09_attachment_image_and_sticker.json"
+    await cli(stack, "webhook", "send", str(later))
+    await applied(database_url)
+    by_state = dict(
+        query(
+            database_url,
+            "SELECT state, count(*) FROM router.events WHERE page_id = %s GROUP BY state",
+            PAGE,
+        )
+    )
+    assert by_state == {"applied": 1, "parked": 2}  # the image and the sticker
+    await connect(stack, PAGE)
+    await applied(database_url)
+    listed = json.loads((await cli(stack, "messages", "list", "--page-id", PAGE, "--json")).stdout)
+    assert len(listed) == 3
 
 
 async def test_bad_input_gets_a_clear_error_and_stores_nothing(

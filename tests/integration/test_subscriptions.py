@@ -42,6 +42,7 @@ from services.subscriptions.config import (
 )
 from services.subscriptions.connections import Connections
 from services.subscriptions.details import DetailsReader
+from services.subscriptions.notices import Notices
 from services.subscriptions.reconcile import Reconciler, ReconcileSettings
 from services.subscriptions.store import PageConnection
 from services.tokens import server as tok_server
@@ -64,6 +65,8 @@ class FakeRouter(router_pb2_grpc.RouterServiceServicer):
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, str]] = []
+        # Every notice: page, account ('' disconnected), version.
+        self.notices: list[tuple[str, str, int]] = []
         self.purges: list[tuple[int, str]] = []
         self.activity: dict[str, int] = {}
         self.routed = 3
@@ -71,9 +74,16 @@ class FakeRouter(router_pb2_grpc.RouterServiceServicer):
 
     async def RouteParked(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.append((request.platform, request.page_id))
+        self.notices.append((request.page_id, request.account_id, request.version))
         if self.fail:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "redis down")
         return router_pb2.RouteParkedResponse(routed=self.routed)
+
+    async def PageDisconnected(self, request, context):  # type: ignore[no-untyped-def]
+        self.notices.append((request.page_id, "", request.version))
+        if self.fail:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "redis down")
+        return router_pb2.PageDisconnectedResponse(applied=True)
 
     async def GetPageActivity(self, request, context):  # type: ignore[no-untyped-def]
         if self.fail:
@@ -239,6 +249,7 @@ async def build_stack(
             http=http,
             reconciler=reconciler,
             ig_graph=ig_graph,
+            extras={"sessions": sessions(engine), "router_client": router_client},
         )
 
 
@@ -712,6 +723,77 @@ async def test_router_failure_still_connects_and_reconnect_retries(
     again = await env.subs.ConnectPage(connect_request())
     assert again.parked_routed == 3
     assert env.router.calls == [(FB, PAGE), (FB, PAGE)]
+
+
+DISCONNECT = subscriptions_pb2.DisconnectPageRequest(platform=FB, page_id=PAGE)
+
+
+def later_notices(env: Stack, by_ms: int) -> Notices:
+    """The notice sender as it will be `by_ms` from now, when every retry is due."""
+    return Notices(
+        env.extras["sessions"],  # type: ignore[arg-type]
+        env.extras["router_client"],  # type: ignore[arg-type]
+        clock=lambda: now_ms() + by_ms,
+    )
+
+
+async def undelivered(env: Stack) -> int:
+    async with sessions(env.engine)() as session:
+        return await sub_store.undelivered_notices(session)
+
+
+async def test_a_notice_the_router_missed_is_sent_again_until_taken(env: Stack) -> None:
+    """RouteParked failed: the connect is stored, the notice is kept, and sent again later
+    (not only when someone connects again), with the same version."""
+    env.router.fail = True
+    await env.subs.ConnectPage(connect_request())
+    assert env.router.notices == [(PAGE, "acme", 1)]
+    assert await undelivered(env) == 1
+    # Not due before its delay: nothing is sent.
+    assert await later_notices(env, 0).deliver_due() == 0
+    assert len(env.router.notices) == 1
+    # Still failing when due: counted, and the next attempt waits longer.
+    assert await later_notices(env, 1_500).deliver_due() == 0
+    assert len(env.router.notices) == 2
+    assert await later_notices(env, 2_500).deliver_due() == 0  # the second delay is 2 s
+    assert len(env.router.notices) == 2
+    env.router.fail = False
+    assert await later_notices(env, 10_000).deliver_due() == 1
+    assert env.router.notices[-1] == (PAGE, "acme", 1)
+    assert await undelivered(env) == 0
+    assert await later_notices(env, 600_000).deliver_due() == 0
+
+
+async def test_disconnect_tells_the_router_and_every_change_has_a_newer_version(
+    env: Stack,
+) -> None:
+    await env.subs.ConnectPage(connect_request())
+    await env.subs.ConnectPage(connect_request(account="globex", move=True))
+    await env.subs.DisconnectPage(
+        subscriptions_pb2.DisconnectPageRequest(platform=FB, page_id=PAGE)
+    )
+    await env.subs.ConnectPage(connect_request())
+    assert env.router.notices == [
+        (PAGE, "acme", 1),
+        (PAGE, "globex", 2),
+        (PAGE, "", 3),
+        (PAGE, "acme", 4),
+    ]
+    assert await undelivered(env) == 0
+
+
+async def test_a_disconnect_the_router_missed_is_sent_again(env: Stack) -> None:
+    await env.subs.ConnectPage(connect_request())
+    env.router.fail = True
+    await env.subs.DisconnectPage(
+        subscriptions_pb2.DisconnectPageRequest(platform=FB, page_id=PAGE)
+    )
+    assert env.router.notices[-1] == (PAGE, "", 2)
+    assert await undelivered(env) == 1
+    env.router.fail = False
+    assert await later_notices(env, 10_000).deliver_due() == 1
+    assert env.router.notices[-1] == (PAGE, "", 2)
+    assert await undelivered(env) == 0
 
 
 # --- secrecy ---------------------------------------------------------------------------------

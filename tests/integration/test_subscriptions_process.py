@@ -101,6 +101,10 @@ class Router(router_pb2_grpc.RouterServiceServicer):
         self.calls.append(request.page_id)
         return router_pb2.RouteParkedResponse(routed=1)
 
+    async def PageDisconnected(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.append(f"-{request.page_id}")
+        return router_pb2.PageDisconnectedResponse(applied=True)
+
 
 async def test_connect_and_disconnect_through_real_processes(
     database_url: str, tmp_path: Path
