@@ -1,21 +1,24 @@
 """When events became visible, read from the router's tables: applied rate, apply lag, burst.
 
-Issue 13's router acknowledges an event once it is committed in a durable log and
-applies it (makes it visible to readers) afterwards, in batches. Three figures
-need both moments per event: events/s applied, the lag from log commit to
-visible, and the time until a burst is all visible. They are read from the
-bench's PostgreSQL database by one function, `visibility`, whose two columns are
-the only thing to switch when the router's schema changes; everything else here
-works on its `(logged_ms, visible_ms)` pairs.
+The router acknowledges an event once it is committed in its durable log
+(`router.events`, `state = 'pending'`, `stored_at_ms` the append's time) and
+applies it (makes it visible to readers) afterwards, in batches: the apply
+stage sets `state = 'applied'` and `applied_at_ms` in the batch's transaction.
+Three figures need both moments per event: events/s applied, the lag from log
+commit to visible, and the time until a burst is all visible. They are read by
+one function, `visibility`; everything else here works on its
+`(logged_ms, visible_ms)` pairs. The backlog during a window is sampled live
+(`sample_pending`: entries whose state is still `pending`), not reconstructed.
 
-`apply_statements_per_event` is the hook for the SQL statements per event on the
-apply path: a stub until the router exposes a counter (or PostgreSQL runs with
-`pg_stat_statements` preloaded).
+`apply_statements_per_event` is the figure of the in-process measurement
+(bench/inproc.py): statements SQLAlchemy sent while `Applier.run_once` applied a
+batch of 500 mixed events, divided by the events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,18 +29,19 @@ from bench.db import plain_url
 from bench.driver import percentile
 
 # Which columns of `router.events e` (one row per distinct event, every kind) say when
-# the event's log entry was committed and when it became visible. Today's router writes
-# the row and applies the event in the same transaction, so both are its stored_at_ms.
-# After the event-log rewrite, e.g. "e.stored_at_ms" and "NULLIF(e.applied_at_ms, 0)"
-# (NULL: logged, not applied yet) — the columns the router's author names.
+# the event's log entry was appended and when it became visible (NULL: not yet). Both
+# are the router's clock (epoch ms): `stored_at_ms` is taken as the group commit starts,
+# `applied_at_ms` as the apply batch's transaction starts — each a few ms before its
+# commit, so the lag is commit to commit within the two statements' run time.
 LOGGED_AT = "e.stored_at_ms"
-VISIBLE_AT = "e.stored_at_ms"
+VISIBLE_AT = "CASE WHEN e.state = 'applied' THEN e.applied_at_ms END"
 BASIS = (
-    "router.events.stored_at_ms for both: today's router logs and applies an event in one"
-    " transaction, so its apply lag is 0 by construction"
+    "router.events: logged = stored_at_ms (group commit of the append), visible ="
+    " applied_at_ms where state = 'applied' (the apply batch's transaction)"
 )
 
 Visible = tuple[int, int | None]  # (logged at, visible at or None), epoch ms
+Sample = tuple[int, int]  # (epoch ms, pending entries)
 
 
 def visibility(
@@ -55,25 +59,67 @@ def visibility(
     return [(int(logged), None if visible is None else int(visible)) for logged, visible in rows]
 
 
-def apply_statements_per_event(url: str) -> dict[str, Any]:
-    """SQL statements per event on the apply path (a batch of 500 mixed events).
+async def sample_pending(url: str, stop: asyncio.Event, period_s: float = 0.5) -> list[Sample]:
+    """`(epoch ms, pending)` every `period_s` until `stop` is set: the log entries not
+    applied yet (`state = 'pending'`, leased or not), counted on the router's table."""
+    samples: list[Sample] = []
+    async with await psycopg.AsyncConnection.connect(plain_url(url), autocommit=True) as conn:
+        while True:
+            cursor = await conn.execute(
+                "SELECT count(*) FROM router.events WHERE state = 'pending'"
+            )
+            row = await cursor.fetchone()
+            samples.append((int(time.time() * 1000), int(row[0]) if row else 0))
+            if stop.is_set():
+                return samples
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period_s)
 
-    A stub: it needs either a statement counter the router exposes for its apply
-    path, or `pg_stat_statements` (preloaded, which needs a PostgreSQL restart,
-    so the bench never turns it on for a shared server) plus a way to tell the
-    apply path's statements from the ACK path's. Returns `figure: None` and why.
-    """
-    with psycopg.connect(plain_url(url), autocommit=True) as conn:
-        row = conn.execute("SHOW shared_preload_libraries").fetchone()
-    preloaded = "pg_stat_statements" in (row[0] if row else "")
+
+def apply_statements_per_event(in_process: dict[str, Any]) -> dict[str, Any]:
+    """SQL statements per event on the apply path, batch of 500 mixed events: the first
+    batch of bench/inproc.py's apply figure (new conversations, the costlier case)."""
+    applied = (in_process or {}).get("apply")
+    if not applied:
+        reason = (in_process or {}).get("error", "no in-process figures in this run")
+        return {"figure": None, "note": f"not measured: {reason}"}
     return {
-        "figure": None,
-        "note": "not measured: needs the router's apply-path statement counter"
-        + (
-            " (pg_stat_statements is preloaded here and could serve)"
-            if preloaded
-            else " (pg_stat_statements is not in shared_preload_libraries here)"
+        "figure": applied["first_batch_statements_per_event"],
+        "statements_per_batch": applied["statements_per_batch"],
+        "all_batches": applied["statements_per_event"],
+        "append_statements_per_event": in_process["append"]["statements_per_event"],
+        "note": (
+            f"in-process: {applied['per_round'][0]['statements']} statements"
+            f" (SQLAlchemy after_cursor_execute) while Applier.run_once applied"
+            f" {applied['per_round'][0]['applied']} mixed events in"
+            f" {applied['per_round'][0]['batches']} batch(es) of {applied['batch']};"
+            f" {applied['statements_per_event']:g} over {applied['rounds']} rounds;"
+            f" the append: {in_process['append']['statements_per_event']:g} per event"
+            f" ({in_process['append']['events_per_commit']:g} events per group commit)"
         ),
+    }
+
+
+def batching(url: str, start_ms: int, end_ms: int) -> dict[str, Any]:
+    """How the events logged in [start_ms, end_ms] were grouped: ≈ group commits (distinct
+    `stored_at_ms`: one clock reading per commit) and ≈ apply batches (distinct
+    `applied_at_ms`: one per batch). Two commits or batches in the same millisecond count
+    once, so both are lower bounds and the events per commit or batch upper bounds."""
+    with psycopg.connect(plain_url(url), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(DISTINCT stored_at_ms),"
+            " count(DISTINCT applied_at_ms) FILTER (WHERE state = 'applied'),"
+            " count(*) FILTER (WHERE state = 'applied')"
+            " FROM router.events WHERE stored_at_ms BETWEEN %s AND %s",
+            (start_ms, end_ms),
+        ).fetchone()
+    events, commits, batches, applied = (int(v or 0) for v in (row or (0, 0, 0, 0)))
+    return {
+        "events": events,
+        "group_commits": commits,
+        "events_per_commit": round(events / commits, 2) if commits else None,
+        "apply_batches": batches,
+        "events_per_batch": round(applied / batches, 2) if batches else None,
     }
 
 
@@ -117,9 +163,13 @@ def lag_ms(rows: Sequence[Visible], start_ms: int, end_ms: int) -> dict[str, Any
     }
 
 
-def applied_rate(rows: Sequence[Visible], start_ms: int, end_ms: int) -> dict[str, Any]:
+def applied_rate(
+    rows: Sequence[Visible], start_ms: int, end_ms: int, samples: Sequence[Sample] = ()
+) -> dict[str, Any]:
     """Events that became visible in [start_ms, end_ms] per second, and whether the
-    backlog (logged, not visible) grew from the window's middle to its end."""
+    backlog grew from the window's middle to its end: by the live `samples` of pending
+    entries when there are any (the median of those around the middle against the
+    median of the last fifth), else as reconstructed from the rows."""
     seconds = max(0.001, (end_ms - start_ms) / 1000)
     middle = (start_ms + end_ms) // 2
 
@@ -128,13 +178,28 @@ def applied_rate(rows: Sequence[Visible], start_ms: int, end_ms: int) -> dict[st
 
     visible = sum(1 for _, v in rows if v is not None and start_ms <= v <= end_ms)
     second_half = sum(1 for logged, _ in rows if middle < logged <= end_ms)
-    at_middle, at_end = pending(middle), pending(end_ms)
+    window = [(t, n) for t, n in samples if start_ms <= t <= end_ms]
+    span = end_ms - start_ms
+    # Samples within a tenth of the window (at least 1 s) of its middle; its last fifth.
+    around_middle = [n for t, n in window if abs(t - middle) <= max(1000, span // 10)]
+    last_fifth = [n for t, n in window if t >= end_ms - max(1000, span // 5)]
+    if around_middle and last_fifth:
+        at_middle = int(percentile(sorted(float(n) for n in around_middle), 50))
+        at_end = int(percentile(sorted(float(n) for n in last_fifth), 50))
+        basis = "sampled: router.events where state = 'pending', every 0.5 s"
+    else:
+        at_middle, at_end = pending(middle), pending(end_ms)
+        basis = "reconstructed from the rows (no samples in the window)"
     return {
         "events_per_s": round(visible / seconds, 1),
         "seconds": round(seconds, 3),
         "pending_at_middle": at_middle,
         "pending_at_end": at_end,
-        # Growing: the backlog rose by more than 1% of what was logged meanwhile (and 10).
-        "pending_growing": at_end > at_middle + max(10, second_half // 100),
+        "pending_max": max((n for _, n in window), default=None),
+        # Growing: the backlog rose by more than 2% of what was logged meanwhile (and 10).
+        "pending_growing": at_end > at_middle + max(10, second_half // 50),
+        "pending_basis": basis,
+        "pending_samples": [[round((t - start_ms) / 1000, 1), n] for t, n in window],
+        "pending_from_rows": {"at_middle": pending(middle), "at_end": pending(end_ms)},
         "basis": BASIS,
     }

@@ -1,25 +1,37 @@
-"""The one-conversation burst, and the same burst through routers with other lock strategies.
+"""The one-conversation burst, and the same burst through routers with other busy-retry delays.
 
 500 text messages into one new conversation (timestamps shuffled, split over 20
 POSTs sent at once through the gateway, which balances over both routers); a
 POST without a 200 is sent again after 250 ms, as Meta would. Measured: first
 send → last 200 (`drain_s`), first send → all visible (`visible_s`, read by
 bench/apply.py:visibility), then duplicates, missing and the stored order.
+
+The ablation: apply batches never wait for a conversation's lock; a batch that
+finds it busy gives that conversation's entries back with a lease of
+`services.router.apply.BUSY_RETRY_MS`, so no batch claims them before. How long
+that is decides how soon the burst is all visible: 0 (claim again at once), 100
+(the router's) and 1000 (Chatwoot's re-enqueue after a second), each through two
+routers of its own (`python -m bench.router_variant`) behind a gateway of its
+own, with the routers' /metrics read around every burst: conversations found
+busy (`pagewire_apply_busy_conversations_total`), batches that applied something
+and batches that only gave entries back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import psycopg
 
 from bench import apply, db
 from bench.bodies import burst
 from bench.procs import APP_SECRET
-from pagewire.localsuite import free_port
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -116,8 +128,26 @@ async def _messages(url: str, user: str, events: int) -> list[tuple[int, str]]:
         await asyncio.sleep(0.1)
 
 
-async def bursts(bench: Bench, targets: list[str], events: int, posts: int, repeats: int) -> dict:
-    runs = [await one_burst(bench, targets, events, posts) for _ in range(repeats)]
+Counters = Callable[[], Awaitable[dict[str, float]]]
+
+
+async def bursts(
+    bench: Bench,
+    targets: list[str],
+    events: int,
+    posts: int,
+    repeats: int,
+    counters: Counters | None = None,
+) -> dict:
+    """`repeats` bursts, their median; with `counters`, what they moved per burst."""
+    runs = []
+    for _ in range(repeats):
+        before = await counters() if counters else {}
+        run = await one_burst(bench, targets, events, posts)
+        if counters:
+            after = await counters()
+            run["router_counters"] = {k: round(after[k] - before.get(k, 0.0)) for k in after}
+        runs.append(run)
     median = sorted(runs, key=lambda r: r["drain_s"])[len(runs) // 2]
     timed = [r for r in runs if r["visible_s"] is not None]
     visible = sorted(timed, key=lambda r: r["visible_s"])[len(timed) // 2] if timed else None
@@ -139,45 +169,80 @@ async def bursts(bench: Bench, targets: list[str], events: int, posts: int, repe
     }
 
 
+# Variant name → BUSY_RETRY_MS of its routers.
+VARIANTS = {"retry:0": 0, "retry:100": 100, "retry:1000": 1000}
+# The router's counters the ablation reads: name in the exposition → key in the results.
+COUNTERS = {
+    "pagewire_apply_busy_conversations_total": "busy_conversations",
+    'pagewire_apply_batches_total{outcome="applied"}': "batches_applied",
+    'pagewire_apply_batches_total{outcome="idle"}': "batches_only_given_back",
+    "pagewire_fence_rejections_total": "fence_rejections",
+}
+
+
+async def scrape(ports: list[int]) -> dict[str, float]:
+    """COUNTERS summed over the routers serving /metrics on `ports`."""
+    out = dict.fromkeys(COUNTERS.values(), 0.0)
+    async with httpx.AsyncClient(timeout=5) as client:
+        for port in ports:
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            for line in text.splitlines():
+                name, _, value = line.rpartition(" ")
+                if name in COUNTERS:
+                    out[COUNTERS[name]] += float(value)
+    return out
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = sorted(r["router_counters"][key] for r in runs if "router_counters" in r)
+    return values[len(values) // 2] if values else None
+
+
 async def ablation(bench: Bench) -> dict[str, Any]:
-    """The same burst through two routers running each lock waiting strategy."""
+    """The same burst through two routers for each busy-retry delay (module docstring)."""
     out: dict[str, Any] = {}
     plan = bench.plan
-    try:
-        from bench.locks import STRATEGIES  # imports the router's internals
-    except Exception as exc:  # they changed under bench/locks.py: the rest still runs
-        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
-    for strategy in STRATEGIES:
-        names, ports = [], []
+    for variant, retry_ms in VARIANTS.items():
+        ports = [bench.suite.free_port() for _ in (1, 2)]
+        metric_ports = [bench.suite.free_port() for _ in (1, 2)]
+        tag = variant.replace(":", "")
+        names = [f"router-{tag}-{i}" for i in (1, 2)]
+        gateway = f"gateway-{tag}"
         try:
-            for i in (1, 2):
-                port = free_port()
-                name = f"router-{strategy.replace(':', '')}-{i}"
-                await bench.suite.start(
-                    "router",
-                    name=name,
-                    module="bench.router_variant",
-                    PAGEWIRE_ROUTER_PORT=str(port),
-                    PAGEWIRE_BENCH_LOCK_WAIT=strategy,
-                )
-                names.append(name)
-                ports.append(port)
-            gateway = f"gateway-{strategy.replace(':', '')}"
-            await bench.suite.start(
-                "gateway",
-                name=gateway,
-                PAGEWIRE_GATEWAY_PORT=str(free_port()),
-                PAGEWIRE_ROUTER_ADDR="ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports),
+            # Started together: their start-up is not what is measured here.
+            await asyncio.gather(
+                *(
+                    bench.suite.start(
+                        "router",
+                        name=name,
+                        module="bench.router_variant",
+                        PAGEWIRE_ROUTER_PORT=str(port),
+                        PAGEWIRE_METRICS_PORT=str(metrics_port),
+                        PAGEWIRE_BENCH_BUSY_RETRY_MS=str(retry_ms),
+                    )
+                    for name, port, metrics_port in zip(names, ports, metric_ports, strict=True)
+                ),
+                bench.suite.start(
+                    "gateway",
+                    name=gateway,
+                    PAGEWIRE_GATEWAY_PORT=str(bench.suite.free_port()),
+                    PAGEWIRE_ROUTER_ADDR="ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports),
+                ),
             )
-            names.append(gateway)
-            out[strategy] = await bursts(
+            result = await bursts(
                 bench,
                 [bench.suite.url(gateway)],
                 plan.ablation_events,
                 plan.burst_posts,
                 max(1, plan.burst_repeats - 1),
+                counters=functools.partial(scrape, list(metric_ports)),
             )
+            result["busy_retry_ms"] = retry_ms
+            for key in COUNTERS.values():
+                result[key] = _median(result["runs"], key)
+            out[variant] = result
         finally:
-            for name in names:
-                await bench.suite.stop(name)
+            await asyncio.gather(
+                *(bench.suite.stop(n) for n in [*names, gateway] if n in bench.suite.procs)
+            )
     return out

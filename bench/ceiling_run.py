@@ -26,7 +26,6 @@ import httpx
 
 from bench import ceiling
 from bench.bodies import Body
-from pagewire.localsuite import free_port
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -104,7 +103,7 @@ async def _start(bench: Bench, name: str, url: str, *, store: bool) -> None:
         "ceiling",
         name=name,
         module="bench.ceiling",
-        PAGEWIRE_CEILING_PORT=str(free_port()),
+        PAGEWIRE_CEILING_PORT=str(bench.suite.free_port()),
         PAGEWIRE_CEILING_DATABASE_URL=url,
         PAGEWIRE_CEILING_STORE="1" if store else "0",
     )

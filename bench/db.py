@@ -27,13 +27,16 @@ def plain_url(url: str) -> str:
 
 
 @contextlib.contextmanager
-def database(admin_url: str, name: str) -> Iterator[str]:
-    """Creates and migrates `name`; yields its postgresql:// URL; drops it afterwards."""
+def database(
+    admin_url: str, name: str, services: tuple[str, ...] = migrate.SERVICES_WITH_SCHEMA
+) -> Iterator[str]:
+    """Creates `name` and migrates the schemas of `services` (every service's by default);
+    yields its postgresql:// URL; drops it afterwards."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = with_database(admin_url, name)
     try:
-        for service in migrate.SERVICES_WITH_SCHEMA:
+        for service in services:
             migrate.upgrade(service, sqlalchemy_url(url))
         yield url
     finally:

@@ -25,7 +25,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pagewire.kit.tls import IDENTITIES, DevPki, GrpcSecurity
-from pagewire.localsuite import REPO, local_suite
+from pagewire.localsuite import REPO, free_port, local_suite
 
 APP_SECRET = "test_app_secret_0123456789abcdef"  # the secret the Meta fixtures are signed with
 VERIFY_TOKEN = "bench-verify-token-7c1e"
@@ -84,6 +84,7 @@ class Suite:
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
     _counter: int = 0
+    _reserved: set[int] = field(default_factory=set)
 
     @classmethod
     def create(
@@ -114,6 +115,15 @@ class Suite:
         env, pki, ports = suite.env, suite.pki, suite.ports
         env.update(extra_env or {})
         return cls(workdir, env, pki, ports)
+
+    def free_port(self) -> int:
+        """A free port that no other process of this suite was given: `free_port` alone
+        can hand out a port chosen for a process that is not listening yet."""
+        while True:
+            port = free_port()
+            if port not in self._reserved and port not in self.ports.values():
+                self._reserved.add(port)
+                return port
 
     @property
     def gateway_url(self) -> str:

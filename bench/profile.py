@@ -24,20 +24,69 @@ if TYPE_CHECKING:
 
 PROFILED = ("gateway", "router1", "router2")
 RATE_HZ = 50
+
+
 # Library → a pattern on a frame's file; a sample "passes through" it when any frame matches.
+def _under(*directories: str) -> str:
+    """A frame in one of these packages: py-spy writes `func (psycopg/_cursor_base.py:416)`
+    for site-packages and the standard library, an absolute path elsewhere."""
+    return r"[(/](?:" + "|".join(directories) + r")/"
+
+
+# Library → a pattern on a frame; a sample "passes through" it when any frame matches,
+# and belongs to it (`self_by_library_pct`) when its innermost frame does (first match).
 LIBRARIES = {
-    "sqlalchemy": r"/sqlalchemy/",
-    "psycopg": r"/psycopg/",
-    "grpc (python side)": r"/grpc/",
-    "protobuf": r"/google/protobuf/",
-    "redis-py": r"/redis/",
-    "starlette/uvicorn": r"/(starlette|uvicorn)/",
-    "json": r"/json/",
-    "asyncio event loop": r"/asyncio/",
-    "logging": r"/logging/",
-    "pagewire: normalize": r"services/gateway/normalize\.py",
-    "pagewire: router apply/store": r"services/router/(apply|store|routing|feed|fencing)\.py",
+    "pagewire: gateway app (signature, HTTP)": r"services/gateway/(app|signature|protocol)\.py",
+    "pagewire: normalize": r"(pagewire|services/gateway)/normalize\.py",
+    "pagewire: router server (servicer)": r"services/router/server\.py",
+    "pagewire: router ingest (validate, rows, group commit)": r"services/router/ingest\.py",
+    "pagewire: router apply stage": r"services/router/(apply|parking|keys)\.py",
+    "pagewire: router apply planning": r"services/router/planner\.py",
+    "pagewire: router store (statements)": r"services/router/store/",
+    "pagewire: router locks": r"services/router/mutex\.py",
+    "pagewire: router profiles (Graph fetch)": r"services/router/profiles\.py|pagewire/graph/",
+    "pagewire: kit (authz, telemetry, errors)": r"pagewire/kit/(?!runner)",
+    "sqlalchemy": _under("sqlalchemy"),
+    "psycopg": _under("psycopg", "psycopg_pool"),
+    "grpc (python side)": _under("grpc"),
+    "protobuf": _under("google/protobuf"),
+    "redis-py": _under("redis"),
+    "httpx/httpcore": _under("httpx", "httpcore", "h11", "anyio"),
+    "starlette/uvicorn": _under("starlette", "uvicorn"),
+    "json": _under("json"),
+    "opentelemetry/prometheus": _under("opentelemetry", "prometheus_client"),
+    "logging": _under("logging"),
+    "asyncio event loop": _under("asyncio") + r"|selectors\.py",
+    "threads (metrics server, to_thread)": r"threading\.py",
 }
+
+
+# What a sample was doing, judged on its whole stack (first match): the router's stages
+# and the gateway's. Each sample counts once (`by_stage_pct`).
+STAGES = {
+    "router apply stage (claim, plan, write, locks)": r"services/router/(apply|parking)\.py",
+    "router profile fetches (Graph, tokens, store)": r"services/router/profiles\.py",
+    "router backlog monitor, readiness": r"LogMonitor|services/router/readiness\.py",
+    "router Ingest (servicer, validate, group commit)": r"services/router/(ingest|server)\.py",
+    "gateway webhook (HTTP, signature, parse, normalize)": r"services/gateway/|pagewire/normalize",
+    "gRPC (calls, interceptors)": _under("grpc") + r"|pagewire/kit/(grpcserver|authz)\.py",
+    # C code run as an event-loop callback (gRPC core's Cython, psycopg's wait), and a
+    # thread in C (gRPC's poller): no Python frame of its own below these.
+    "event-loop callbacks in C (gRPC core, driver waits)": r"Handle\._run \([^;]*\)$",
+    "threads in C (gRPC poller)": r"Thread\.run \([^;]*\)$",
+    # SQLAlchemy's async layer runs the driver in a greenlet, whose stack py-spy shows
+    # from the greenlet's start: whose statement it is does not show.
+    "SQLAlchemy/psycopg in a greenlet (caller not visible)": (
+        r"^(?!_run_module_as_main|Thread).*" + _under("sqlalchemy", "psycopg")
+    ),
+}
+
+# Samples py-spy took as running that are waiting: the loop in its selector, a thread
+# blocked in C (gRPC's poller). `busy_by_stage_pct` leaves them out.
+WAITING = re.compile(r"(EpollSelector\.select \([^;]*\)|^[^;]*Thread\.run \([^;]*\))$")
+
+# A frame of Pagewire's own code (not the bench's).
+OURS = re.compile(r"(?:^|[/(])(?:services|pagewire)/[^;]*\.py")
 
 
 def py_spy() -> str | None:
@@ -46,9 +95,19 @@ def py_spy() -> str | None:
 
 
 def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
-    """Self samples per function and the share of samples through each library."""
+    """Self samples per function; the share of samples through each library; each sample
+    once by what it was doing (`by_stage_pct`, STAGES); each
+    sample once by the library of its innermost frame (`self_by_library_pct`, which adds
+    up to 100: a C call's time counts where Python called it); and each sample by its
+    innermost frame of Pagewire's own code (`by_pagewire_frame`): which function of ours
+    the time under a library was spent for."""
     own: Counter[str] = Counter()
     through: Counter[str] = Counter()
+    leaf: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
+    stages: Counter[str] = Counter()
+    busy: Counter[str] = Counter()
+    stage_patterns = {name: re.compile(p) for name, p in STAGES.items()}
     total = 0
     patterns = {name: re.compile(p) for name, p in LIBRARIES.items()}
     for line in raw.read_text(errors="replace").splitlines():
@@ -62,6 +121,13 @@ def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
         for name, pattern in patterns.items():
             if any(pattern.search(f) for f in frames):
                 through[name] += count
+        leaf[next((n for n, p in patterns.items() if p.search(frames[-1])), "other")] += count
+        stage = next((n for n, p in stage_patterns.items() if p.search(stack)), "event loop, other")
+        stages[stage] += count
+        if not WAITING.search(stack) and not stack.endswith("Thread.run (threading.py:971)"):
+            busy[stage] += count
+        mine = next((f for f in reversed(frames) if OURS.search(f)), None)
+        ours[_short(mine) if mine else "(no Pagewire frame: loop, library callbacks)"] += count
     if not total:
         return {"samples": 0}
     return {
@@ -72,6 +138,16 @@ def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
         "through_library_pct": {
             name: round(100 * n / total, 1) for name, n in through.most_common() if n
         },
+        "self_by_library_pct": {name: round(100 * n / total, 1) for name, n in leaf.most_common()},
+        "by_stage_pct": {name: round(100 * n / total, 1) for name, n in stages.most_common()},
+        "waiting_pct": round(100 * (total - sum(busy.values())) / total, 1),
+        "busy_by_stage_pct": {
+            name: round(100 * n / max(1, sum(busy.values())), 1) for name, n in busy.most_common()
+        },
+        "by_pagewire_frame": [
+            {"function": name, "pct": round(100 * n / total, 1)}
+            for name, n in ours.most_common(top)
+        ],
     }
 
 

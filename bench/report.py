@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.locks import STRATEGIES
+from bench.burst import VARIANTS
 
 TARGETS = (
     "durable_ack_vs_ceiling",
@@ -61,11 +61,18 @@ def table(r: dict[str, Any]) -> str:
             f"{ack['p50']:.1f} / {ack['p95']:.1f} / {ack['p99']:.1f} ms",
             f"p99 ≤ 25 ms at 1,000/s — {_yes(t['ack_p99_at_1000']['met'])}",
         ),
+        (
+            f"apply lag p50 / p99 at {lat['offered_events_per_s']:,.0f} events/s offered",
+            f"{lat.get('apply_lag_ms', {}).get('p50', 0):.0f} /"
+            f" {lat.get('apply_lag_ms', {}).get('p99', 0):.0f} ms (log commit → visible)",
+            "",
+        ),
         *_offered_rows(r),
         (
             f"burst: {burst['events']} events, 1 conversation, {burst['posts']} concurrent POSTs",
             f"{burst['drain_s']:.3f} s drain, {burst['events_per_s']:,.0f} events/s"
-            f" (median of {burst['repeats']})",
+            f" (median of {burst['repeats']}); all visible {burst.get('visible_s')} s,"
+            f" {burst.get('visible_events_per_s')} events/s",
             f"≥ 1,000/s — {_yes(t['burst']['met'])}",
         ),
         (
@@ -75,34 +82,8 @@ def table(r: dict[str, Any]) -> str:
             "0 duplicates",
         ),
     ]
-    cost = r.get("router_in_process")
-    if cost and "error" in cost:
-        rows.append(("router in-process", f"not measured: {cost['error'][:120]}", ""))
-    elif cost:
-        compiled = cost["statements_by_compile_cache"].get("NO_CACHE_KEY", 0)
-        rows.append(
-            (
-                "router in-process, per single-message event",
-                f"{cost['wall_ms_per_event']:.1f} ms wall, {cost['cpu_ms_per_event']:.1f} ms CPU,"
-                f" {cost['sql_statements_per_event']:g} SQL statements ({compiled:g} compiled"
-                f" afresh), lock {cost['lock_ms_per_event']:.2f} ms + fence"
-                f" {cost['fence_ms_per_event']:.2f} ms",
-                "",
-            )
-        )
-    ablation = r.get("lock_ablation", {})
-    if "error" in ablation:
-        rows.append(("lock ablation", f"not measured: {ablation['error'][:120]}", ""))
-        ablation = {}
-    for strategy, res in ablation.items():
-        rows.append(
-            (
-                f"lock ablation, {strategy}: {res['events']} events in {res['posts']} POSTs",
-                f"{res['drain_s']:.3f} s, {res['events_per_s']:,.0f} events/s,"
-                f" {res['resent_posts']} POSTs resent after a 503",
-                "",
-            )
-        )
+    rows += _in_process_rows(r.get("router_in_process"))
+    rows += _ablation_rows(r.get("lock_ablation", {}), r.get("send_lock_ablation", {}))
     for name, res in r.get("resources", {}).items():
         peak = f", peak {res['after_load']['peak_rss_mb']:.0f} MB" if "after_load" in res else ""
         idle = res["idle"]["rss_mb"]
@@ -123,6 +104,82 @@ def table(r: dict[str, Any]) -> str:
     lines = ["| figure | value | target (issue 4) |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + "\n\n" + targets_table(r.get("targets", {}))
+
+
+def _in_process_rows(cost: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    if not cost:
+        return []
+    if "error" in cost:
+        return [("router in-process", f"not measured: {cost['error'][:120]}", "")]
+    append, alone, applied = cost["append"], cost["append_one_caller"], cost["apply"]
+    return [
+        (
+            f"router in-process, append (group commit), {append['callers']} concurrent callers",
+            f"{append['events_per_s']:,.0f} events/s, {append['cpu_us_per_event']:.0f} µs CPU"
+            f" per event, {append['events_per_commit']:g} events per commit,"
+            f" {append['statements_per_event']:.3f} statements per event,"
+            f" call p50 / p99 {append['call_ms']['p50']:.1f} / {append['call_ms']['p99']:.1f} ms",
+            "",
+        ),
+        (
+            "router in-process, append, one caller",
+            f"{alone['events_per_s']:,.0f} events/s, {alone['cpu_us_per_event']:.0f} µs CPU per"
+            f" event, call p50 / p99 {alone['call_ms']['p50']:.1f} / {alone['call_ms']['p99']:.1f}"
+            " ms",
+            "",
+        ),
+        (
+            f"router in-process, apply, batches of {applied['batch']} mixed events"
+            f" ({applied['rounds']} rounds)",
+            f"{applied['events_per_s']:,.0f} events/s, {applied['cpu_us_per_event']:.0f} µs CPU"
+            f" per event, {applied['statements_per_batch']:g} statements per batch"
+            f" ({applied['first_batch_statements_per_event']:.3f} per event, first batch),"
+            f" {applied['wall_ms_per_batch']:.0f} ms per batch, of which SQL"
+            f" {applied['sql_ms_per_batch']:.0f} ms and Redis"
+            f" {applied['redis_lock_ms_per_batch']:.0f} ms",
+            "",
+        ),
+    ]
+
+
+def _ablation_rows(busy: dict[str, Any], send: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    if "error" in busy:
+        rows.append(("busy-retry ablation", f"not measured: {busy['error'][:120]}", ""))
+        busy = {}
+    for variant, res in busy.items():
+        visible = res.get("visible_s")
+        rows.append(
+            (
+                f"busy-retry ablation, {variant} ms: {res['events']} events in {res['posts']}"
+                " POSTs, 2 routers",
+                (
+                    f"all visible {visible:.3f} s, {res['visible_events_per_s']:,.0f} events/s"
+                    if visible is not None
+                    else "not all visible"
+                )
+                + f"; last 200 {res['drain_s']:.3f} s; busy conversations"
+                f" {res.get('busy_conversations')}, batches {res.get('batches_applied')}"
+                f" applied + {res.get('batches_only_given_back')} only given back",
+                "",
+            )
+        )
+    if "error" in send:
+        rows.append(("SendMessage lock wait ablation", f"not measured: {send['error'][:120]}", ""))
+        send = {}
+    for strategy, res in send.items():
+        if not isinstance(res, dict):
+            continue
+        rows.append(
+            (
+                f"SendMessage lock wait, {strategy}: {send['holders']} sends into one"
+                f" conversation, {send['hold_ms']:g} ms under the lock each",
+                f"{res['seconds']:.3f} s, {res['sends_per_s']:,.0f} sends/s, lock busy"
+                f" {100 * res['busy_fraction']:.0f}% of the time, {res['aborted']} ABORTED",
+                "",
+            )
+        )
+    return rows
 
 
 def _ceiling_rows(c: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -202,7 +259,10 @@ def _offered_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             (
                 f"applied (visible) events/s over {applied['seconds']:g} s",
                 f"{applied['events_per_s']:,.0f} at {applied['offered_events_per_s']:,.0f}"
-                f" offered, pending {applied['pending_at_middle']} → {applied['pending_at_end']}",
+                f" offered, pending {applied['pending_at_middle']} → {applied['pending_at_end']}"
+                f" (max {applied.get('pending_max')}, {applied.get('pending_basis', 'rows')});"
+                f" ≈ {applied.get('batching', {}).get('events_per_commit')} events per group"
+                f" commit, ≈ {applied.get('batching', {}).get('events_per_batch')} per apply batch",
                 "",
             )
         )
@@ -284,7 +344,7 @@ def problems(r: dict[str, Any]) -> list[str]:
             out.append(f"targets.{name}.met: not true/false")
         elif row["figure"] is None and (row["met"] or not row.get("note")):
             out.append(f"targets.{name}: no figure, so met must be false with a note")
-    missing = [s for s in STRATEGIES if s not in r["lock_ablation"]]
+    missing = [v for v in VARIANTS if v not in r["lock_ablation"]]
     if missing:
         out.append(f"lock_ablation: no result for {missing}")
     for service in ("gateway", "router1", "router2", "tokens", "subscriptions"):

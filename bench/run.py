@@ -1,5 +1,6 @@
-"""The benchmark run: floor, ceiling, throughput, latency at fixed rates, applied rate,
-one-conversation burst, lock ablation, resources, and the targets.
+"""The benchmark run: floor, ceiling, the router in-process, throughput, latency at fixed
+rates, applied rate, one-conversation burst, the busy-retry ablation, the SendMessage lock
+wait ablation, resources, and the targets.
 
 Everything runs against real processes on this machine's PostgreSQL and Redis,
 in a database and key prefix of the run's own (dropped afterwards). Pages are
@@ -36,7 +37,6 @@ from bench.bodies import FACEBOOK_PAGES, INSTAGRAM_PAGES, Body, Generator
 from bench.driver import Drivers, Outcome
 from bench.procs import APP_SECRET, Suite
 from pagewire import fakegraph
-from pagewire.localsuite import free_port
 from services.tokens.vault import generate_keyring
 
 SCHEMA_VERSION = 2
@@ -389,6 +389,11 @@ class Bench:
         bodies = self.generator.bodies(max(1, int(rate_rps * self.plan.latency_s)))
         result = await self.load(bodies, offered, rate_rps=rate_rps)
         result["note"] = note
+        start_ms, end_ms = result["window_ms"]
+        rows = await apply.wait_visible(self.url, start_ms, until_ms=end_ms)
+        result["apply_lag_ms"] = apply.lag_ms(rows, start_ms, end_ms)
+        result["batching"] = await asyncio.to_thread(apply.batching, self.url, start_ms, end_ms)
+        await self.settle()
         return result
 
     async def offered(
@@ -415,32 +420,85 @@ class Bench:
         start_ms, end_ms = result["window_ms"]
         rows = await apply.wait_visible(self.url, start_ms, until_ms=end_ms)
         result["apply_lag_ms"] = apply.lag_ms(rows, start_ms, end_ms)
+        result["batching"] = await asyncio.to_thread(apply.batching, self.url, start_ms, end_ms)
         await self.settle()
         return result
 
     async def applied(self, offered_eps: float) -> dict[str, Any]:
-        """Events/s made visible during `plan.applied_s` at `offered_eps`, and whether
-        the backlog (logged, not yet visible) grew; half the rate once more if it did."""
+        """Events/s made visible during `plan.applied_s` at `offered_eps`, and whether the
+        backlog (pending entries, sampled every 0.5 s) grew; half the rate once more if it
+        did. Also the CPU every process (and the run's PostgreSQL backends) spent per
+        event committed meanwhile: append and apply together, in steady state."""
         result: dict[str, Any] = {}
         for attempt in range(2 if self.plan.name == "full" else 1):
             rate = offered_eps / 2**attempt
             rate_rps = rate / self.mean_events
             bodies = self.generator.bodies(max(1, int(rate_rps * self.plan.applied_s)))
-            step = await self.load(bodies, rate, rate_rps=rate_rps)
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(apply.sample_pending(self.url, stop))
+            cpu_before, pg_before = (
+                self.cpu_seconds(),
+                await asyncio.to_thread(postgres_cpu, self.url),
+            )
+            try:
+                step = await self.load(bodies, rate, rate_rps=rate_rps)
+            finally:
+                stop.set()
+                samples = await sampler
+            cpu_after, pg_after = (
+                self.cpu_seconds(),
+                await asyncio.to_thread(postgres_cpu, self.url),
+            )
             start_ms = step["window_ms"][0]
             end_ms = start_ms + int(self.plan.applied_s * 1000)
             rows = await apply.wait_visible(self.url, start_ms, until_ms=end_ms, timeout_s=2)
+            committed = max(1, step["events_committed"])
+            cpu = {
+                name: round(1e6 * (cpu_after[name] - cpu_before[name]) / committed, 1)
+                for name in cpu_after
+                if name in cpu_before
+            }
+            shared = set(pg_before) & set(pg_after)
+            cpu["postgres backends"] = round(
+                1e6 * sum(pg_after[p] - pg_before[p] for p in shared) / committed, 1
+            )
             result = {
                 "offered_events_per_s": round(rate, 1),
-                **apply.applied_rate(rows, start_ms, end_ms),
+                **apply.applied_rate(rows, start_ms, end_ms, samples),
+                "apply_lag_ms": apply.lag_ms(rows, start_ms, end_ms),
                 "committed_events_per_s": step["committed_events_per_s"],
                 "statuses": step["statuses"],
                 "ack_ms": step["ack_ms"],
+                "cpu_us_per_event": cpu,
+                "batching": await asyncio.to_thread(apply.batching, self.url, start_ms, end_ms),
+                "cpu_note": "CPU seconds of each process over the step / events committed;"
+                f" PostgreSQL: the {len(shared)} backends of the run's database alive"
+                " throughout (WAL writer, checkpointer and other databases not counted)",
             }
             await self.settle()
             if not result["pending_growing"]:
                 break
         return result
+
+
+def postgres_cpu(url: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving the run's database (from /proc: the
+    server runs on this machine), by pid; empty when they cannot be read."""
+    with psycopg.connect(db.plain_url(url), autocommit=True) as conn:
+        pids = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()"
+            ).fetchall()
+        ]
+    out = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
 def _failures(step: dict[str, Any]) -> int:
@@ -537,10 +595,17 @@ async def run(
             bench.ceiling_posts_per_s = results["ceiling"]["posts_per_s"]
             with timed("router_in_process"):
                 results["router_in_process"] = await router_in_process(
-                    plan, url, redis_url, f"{prefix}:inproc"
+                    plan,
+                    admin_url,
+                    f"pagewire_bench_{run_id}_inproc",
+                    redis_url,
+                    f"{prefix}:inproc",
+                )
+                results["apply_statements"] = apply.apply_statements_per_event(
+                    results["router_in_process"]
                 )
             timed_start = time.monotonic()
-            router_ports = [free_port() for _ in ROUTERS]
+            router_ports = [suite.free_port() for _ in ROUTERS]
             # Every caller of the router (gateway, subscriptions) balances over both replicas.
             suite.env["PAGEWIRE_ROUTER_ADDR"] = "ipv4:" + ",".join(
                 f"127.0.0.1:{p}" for p in router_ports
@@ -594,8 +659,6 @@ async def run(
                     plan.burst_posts,
                     plan.burst_repeats,
                 )
-            with timed("lock_ablation"):
-                results["lock_ablation"] = await burst.ablation(bench)
             if profile_s:
                 results["profile"] = await profile.under_load(
                     suite, bench, profile_s, out_dir / f"{stamp}-profile"
@@ -604,7 +667,15 @@ async def run(
                 if name in resources:
                     resources[name]["after_load"] = proc.memory_mb()
             results["resources"] = resources
-            results["apply_statements"] = apply.apply_statements_per_event(url)
+            # Every router applies whatever is pending in the log: the ablation's routers
+            # must be the only ones, so the suite's stop here (and its gateway with them).
+            await asyncio.gather(*(suite.stop(name) for name in (*ROUTERS, "gateway")))
+            with timed("lock_ablation"):
+                results["lock_ablation"] = await burst.ablation(bench)
+            with timed("send_lock_ablation"):
+                results["send_lock_ablation"] = await send_lock_ablation(
+                    plan, redis_url, f"{prefix}:sendlock"
+                )
         finally:
             await suite.stop_all()
             await graph.stop()
@@ -618,16 +689,37 @@ async def run(
     return results
 
 
-async def router_in_process(plan: Plan, url: str, redis_url: str, prefix: str) -> dict[str, Any]:
-    """The router's cost per event in-process; an error instead when bench/inproc.py no
+async def router_in_process(
+    plan: Plan, admin_url: str, database: str, redis_url: str, prefix: str
+) -> dict[str, Any]:
+    """The router's two stages in-process (bench/inproc.py); an error instead when it no
     longer matches the router's internals (it imports them), so the rest still runs."""
     try:
         from bench import inproc
 
+        full = plan.name == "full"
         return await inproc.router_cost(
-            db.sqlalchemy_url(url), redis_url, prefix, 300 if plan.name == "full" else 60
+            admin_url,
+            database,
+            redis_url,
+            prefix,
+            append_events=8000 if full else 1000,
+            callers=64,
+            apply_rounds=5 if full else 1,
         )
     except Exception as exc:  # the router's internals changed under bench/inproc.py
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+async def send_lock_ablation(plan: Plan, redis_url: str, prefix: str) -> dict[str, Any]:
+    """How a SendMessage waits for its conversation's lock (bench/locks.py), in-process;
+    an error instead when bench/locks.py no longer matches the router's lock."""
+    try:
+        from bench import locks
+
+        full = plan.name == "full"
+        return await locks.send_ablation(redis_url, prefix, holders=20 if full else 3)
+    except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
 

@@ -72,7 +72,8 @@ def issue13(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             f"{applied['events_per_s']:,.0f} events/s visible over {applied['seconds']:g} s at"
             f" {applied['offered_events_per_s']:,.0f} offered, pending"
             f" {applied['pending_at_middle']} → {applied['pending_at_end']}"
-            f" ({'growing' if growing else 'not growing'}); {applied['basis']}",
+            f" ({'growing' if growing else 'not growing'};"
+            f" {applied.get('pending_basis', 'reconstructed from the rows')}); {applied['basis']}",
         )
     else:
         out["applied_vs_ceiling"] = _not_measured(
@@ -106,6 +107,13 @@ def issue13(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             notes.append(f"{lag['not_visible']} events not visible after the wait")
         if _step_note(step or {}):
             notes.append(str(_step_note(step or {})))
+        sustained = (results.get("latency") or {}).get("apply_lag_ms")
+        if sustained and sustained["events"] and not (step and step["sustained"]):
+            notes.append(
+                f"at {results['latency']['offered_events_per_s']:,.0f} events/s offered (the"
+                f" latency step) the lag p50 / p99 was {sustained['p50']:g} /"
+                f" {sustained['p99']:g} ms"
+            )
         out["apply_lag_p99_at_1000"] = _target(
             lag["p99"],
             target,
