@@ -9,8 +9,11 @@ POST in timestamp order: the in-order delivery the chaos run must end equal to.
 
 `MetaSender` retries every POST that gets no 200 (an error status, a reset or
 refused connection, a timeout) with exponential backoff, rotating over the
-gateways, and checks at each 200 that the POST's events are already readable
-in PostgreSQL (no ACK before commit).
+gateways, and checks at each 200, before it sends anything else, that the POST's
+events are already in the router's event log (no ACK before commit). It keeps
+every answer with its time, so a scenario can say what was answered while its
+fault lasted. `deliver_in_order` waits for each POST's events to be applied
+before it sends the next one of the same conversation.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +31,19 @@ import httpx
 import psycopg
 
 from bench.bodies import sign
-from services.gateway.normalize import normalize_envelope, parse_envelope
+from pagewire.normalize import normalize_envelope, parse_envelope
 
 APP_ID = 1094728365019283
+# The pages every scenario's conversations are spread over, and their accounts.
 PAGES = {"109384756201938": "acme", "117465829304716": "globex"}
+# A third page of acme's, connected with the others, with traffic in scenario 7 only:
+# that scenario purges it, and its tombstone would drop any later scenario's events.
+PURGE_PAGE = "126547893021564"
+ALL_PAGES = {**PAGES, PURGE_PAGE: "acme"}
 BASE_MS = 1_785_000_000_000
+
+# (page id, event id, Meta timestamp) of one event, as the gateway normalizes it.
+EventKey = tuple[str, str, int]
 
 
 @dataclass
@@ -96,7 +108,7 @@ def envelope(items: list[dict[str, Any]]) -> bytes:
     """One webhook body: an entry per page, items in the given order."""
     entries: dict[str, list[dict[str, Any]]] = {}
     for it in items:
-        page = it["recipient"]["id"] if it["recipient"]["id"] in PAGES else it["sender"]["id"]
+        page = it["recipient"]["id"] if it["recipient"]["id"] in ALL_PAGES else it["sender"]["id"]
         entries.setdefault(page, []).append(it)
     body = {
         "object": "page",
@@ -110,7 +122,29 @@ def envelope(items: list[dict[str, Any]]) -> bytes:
 
 def event_ids(body: bytes) -> list[tuple[str, str]]:
     """(page id, event id) of every event the gateway makes of `body` (its own code)."""
-    return [(e.page_id, e.id) for e in normalize_envelope(parse_envelope(body))]
+    return [(page, event_id) for page, event_id, _ in event_keys(body)]
+
+
+def event_keys(body: bytes) -> list[EventKey]:
+    """(page id, event id, Meta timestamp) of every event the gateway makes of `body`."""
+    return [(e.page_id, e.id, e.timestamp_ms) for e in normalize_envelope(parse_envelope(body))]
+
+
+def fresh_messages(page: str, users: Sequence[str], at_ms: int) -> list[bytes]:
+    """One inbound message per user, stamped from `at_ms` on: items Meta sends now."""
+    return [
+        envelope(
+            [
+                {
+                    "sender": {"id": user},
+                    "recipient": {"id": page},
+                    "timestamp": at_ms + n,
+                    "message": {"mid": f"m_{user}_fresh", "text": "written after the purge"},
+                }
+            ]
+        )
+        for n, user in enumerate(users)
+    ]
 
 
 @dataclass
@@ -121,9 +155,17 @@ class Workload:
     references: list[Conversation]
 
     @classmethod
-    def build(cls, tag: int, count: int, size: tuple[int, int], seed: int) -> Workload:
+    def build(
+        cls,
+        tag: int,
+        count: int,
+        size: tuple[int, int],
+        seed: int,
+        pages: Sequence[str] = tuple(PAGES),
+    ) -> Workload:
+        """`count` conversations spread round robin over `pages`, each with its twin."""
         rng = random.Random(seed)
-        pages = list(PAGES)
+        pages = list(pages)
         conversations, references = [], []
         for n in range(count):
             page = pages[n % len(pages)]
@@ -160,9 +202,22 @@ class Workload:
             i += size
         return posts
 
-    def reference_posts(self) -> list[list[bytes]]:
+    def reference_posts(self, exclude_pages: Sequence[str] = ()) -> list[list[bytes]]:
         """Per reference conversation, its items one per POST, in order."""
-        return [[envelope([it]) for it in conv.items] for conv in self.references]
+        return [
+            [envelope([it]) for it in conv.items]
+            for conv in self.references
+            if conv.page not in exclude_pages
+        ]
+
+    def without(self, pages: Sequence[str]) -> Workload:
+        """The conversations (and twins) that are not on `pages`."""
+        pairs = [
+            (c, r)
+            for c, r in zip(self.conversations, self.references, strict=True)
+            if c.page not in pages
+        ]
+        return Workload([c for c, _ in pairs], [r for _, r in pairs])
 
     @property
     def events(self) -> int:
@@ -179,6 +234,9 @@ class SendReport:
     acked_not_committed: list[str] = field(default_factory=list)
     checked_at_ack: int = 0
     checked_later: int = 0
+    # Acknowledged events not in the log because a purge's tombstone covers them: deleted
+    # by the purge after the 200, or dropped at the append (a purged body delivered again).
+    acked_purged: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -192,8 +250,18 @@ class SendReport:
             "acked_not_committed": len(self.acked_not_committed),
             "ack_checks_immediate": self.checked_at_ack,
             "ack_checks_deferred": self.checked_later,
+            "acked_events_purged": self.acked_purged,
             "seconds": round(self.seconds, 2),
         }
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One attempt: when it was sent and answered (monotonic seconds), and how."""
+
+    sent: float
+    answered: float
+    outcome: str  # the status code, "timeout", or the transport error's name
 
 
 class MetaSender:
@@ -216,6 +284,8 @@ class MetaSender:
         self.deadline_s = deadline_s
         self.timeout_s = timeout_s
         self.report = SendReport()
+        self.answers: list[Answer] = []
+        self.acked_at: dict[int, float] = {}  # post index → when its 200 arrived (monotonic)
         self._progress = asyncio.Condition()
 
     async def progress(self, fraction: float) -> None:
@@ -225,6 +295,10 @@ class MetaSender:
                 lambda: self.report.posts and self.report.acked >= fraction * self.report.posts
             )
 
+    def answers_during(self, start: float, end: float) -> Counter[str]:
+        """How the attempts in flight at any time between `start` and `end` were answered."""
+        return Counter(a.outcome for a in self.answers if a.answered >= start and a.sent <= end)
+
     async def run(self, posts: list[bytes]) -> SendReport:
         report = self.report
         report.posts = len(posts)
@@ -233,25 +307,31 @@ class MetaSender:
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(len(posts)):
             queue.put_nowait(i)
-        checks: asyncio.Queue[tuple[int, list[tuple[str, str]]] | None] = asyncio.Queue()
-        checker = asyncio.create_task(self._check_acks(checks))
+        deferred: list[tuple[int, list[EventKey]]] = []
         limits = httpx.Limits(max_connections=self.concurrency * 2)
         async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
 
             async def worker() -> None:
-                while not queue.empty():
-                    index = queue.get_nowait()
-                    if await self._deliver(client, index, posts[index], stop_at):
-                        checks.put_nowait((index, event_ids(posts[index])))
-                        async with self._progress:
-                            report.acked += 1
-                            self._progress.notify_all()
-                    else:
-                        report.unacked += 1
+                checker = _AckChecker(self.database_url, report)
+                try:
+                    while not queue.empty():
+                        index = queue.get_nowait()
+                        if await self._deliver(client, index, posts[index], stop_at):
+                            self.acked_at[index] = time.monotonic()
+                            # Before this worker sends anything else: the 200 is fresh.
+                            if not await checker.check(index, event_keys(posts[index])):
+                                deferred.append((index, event_keys(posts[index])))
+                            async with self._progress:
+                                report.acked += 1
+                                self._progress.notify_all()
+                        else:
+                            report.unacked += 1
+                finally:
+                    await checker.close()
 
             await asyncio.gather(*(worker() for _ in range(self.concurrency)))
-        checks.put_nowait(None)
-        await checker
+        if deferred:
+            await _check_later(self.database_url, report, deferred)
         report.seconds = time.monotonic() - began
         return report
 
@@ -263,6 +343,7 @@ class MetaSender:
         while time.monotonic() < stop_at:
             url = self.gateways[(index + attempt) % len(self.gateways)]
             self.report.attempts += 1
+            sent = time.monotonic()
             try:
                 response = await client.post(
                     f"{url}/webhooks/facebook", content=body, headers=headers
@@ -272,6 +353,7 @@ class MetaSender:
                 outcome = "timeout"
             except httpx.TransportError as exc:
                 outcome = type(exc).__name__
+            self.answers.append(Answer(sent, time.monotonic(), outcome))
             self.report.outcomes[outcome] += 1
             if outcome == "200":
                 return True
@@ -280,77 +362,146 @@ class MetaSender:
             await asyncio.sleep(min(2.0, 0.1 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
         return False
 
-    async def _check_acks(
-        self, checks: asyncio.Queue[tuple[int, list[tuple[str, str]]] | None]
-    ) -> None:
-        """Every acknowledged event must be readable in PostgreSQL as soon as the 200 is
-        seen; when PostgreSQL cannot be asked right then, it is asked later."""
-        deferred: list[tuple[int, list[tuple[str, str]]]] = []
-        conn: psycopg.AsyncConnection | None = None
+
+# The POST's events that are not in the log, and whether a purge's tombstone covers each.
+_MISSING = (
+    "SELECT k.page_id, k.event_id, coalesce(p.purged_at_ms >= k.ts, false)"
+    " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS k(page_id, event_id, ts)"
+    " LEFT JOIN router.events e ON e.platform = 'FACEBOOK' AND e.page_id = k.page_id"
+    " AND e.event_id = k.event_id"
+    " LEFT JOIN router.purged_pages p ON p.platform = 'FACEBOOK' AND p.page_id = k.page_id"
+    " WHERE e.id IS NULL"
+)
+
+
+async def _missing(
+    conn: psycopg.AsyncConnection, report: SendReport, index: int, keys: list[EventKey]
+) -> None:
+    """Counts the POST's events that are not in `router.events`: each is a 200 before
+    commit, unless a purge deleted it or dropped it at the append (its tombstone says)."""
+    columns = ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
+    rows = await (await conn.execute(_MISSING, columns)).fetchall()
+    for _page, event_id, purged in rows:
+        if purged:
+            report.acked_purged += 1
+        else:
+            report.acked_not_committed.append(f"post {index}: {event_id}")
+
+
+class _AckChecker:
+    """One sender worker's connection for the check at each 200; when PostgreSQL cannot
+    be asked right then (it is down), the caller defers the check."""
+
+    def __init__(self, database_url: str, report: SendReport) -> None:
+        self._url = database_url
+        self._report = report
+        self._conn: psycopg.AsyncConnection | None = None
+
+    async def check(self, index: int, keys: list[EventKey]) -> bool:
+        """True when checked (a miss is counted); False when it must be done later."""
         try:
-            while (item := await checks.get()) is not None:
-                try:
-                    if conn is None:
-                        conn = await psycopg.AsyncConnection.connect(
-                            self.database_url, autocommit=True, connect_timeout=2
-                        )
-                    await self._missing(conn, *item)
-                    self.report.checked_at_ack += 1
-                except psycopg.OperationalError:
-                    if conn is not None:
-                        await conn.close()
-                    conn = None
-                    deferred.append(item)
-        finally:
-            if conn is not None:
-                await conn.close()
-        if not deferred:
-            return
-        for attempt in range(60):
-            try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self.database_url, autocommit=True, connect_timeout=2
+            if self._conn is None:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=2
                 )
-                break
-            except psycopg.OperationalError:
-                if attempt == 59:
-                    raise
-                await asyncio.sleep(0.5)  # PostgreSQL restarting
-        assert conn is not None
-        async with conn:
-            for item in deferred:
-                await self._missing(conn, *item)
-                self.report.checked_later += 1
+            await _missing(self._conn, self._report, index, keys)
+        except psycopg.OperationalError:
+            await self.close()
+            return False
+        self._report.checked_at_ack += 1
+        return True
 
-    async def _missing(
-        self, conn: psycopg.AsyncConnection, index: int, ids: list[tuple[str, str]]
-    ) -> None:
-        rows = await (
-            await conn.execute(
-                "SELECT page_id, event_id FROM router.events"
-                " WHERE event_id = ANY(%s) AND platform = 'FACEBOOK'",
-                ([event_id for _, event_id in ids],),
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+        self._conn = None
+
+
+async def _check_later(
+    database_url: str, report: SendReport, deferred: list[tuple[int, list[EventKey]]]
+) -> None:
+    """The checks that fell into a PostgreSQL outage, once it is back."""
+    for attempt in range(60):
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                database_url, autocommit=True, connect_timeout=2
             )
-        ).fetchall()
-        found = {(page, event_id) for page, event_id in rows}
-        for key in ids:
-            if key not in found:
-                self.report.acked_not_committed.append(f"post {index}: {key[1]}")
+            break
+        except psycopg.OperationalError:
+            if attempt == 59:
+                raise
+            await asyncio.sleep(0.5)  # PostgreSQL restarting
+    async with conn:
+        for index, keys in deferred:
+            await _missing(conn, report, index, keys)
+            report.checked_later += 1
 
 
-async def deliver_in_order(gateway: str, secret: str, conversations: list[list[bytes]]) -> None:
+# Of a POST's events: how many are in the log, how many applied, and the other states.
+_APPLIED = (
+    "SELECT count(e.id), count(*) FILTER (WHERE e.state = 'applied'),"
+    " string_agg(DISTINCT e.state, ',') FILTER (WHERE e.state NOT IN ('applied', 'pending'))"
+    " FROM unnest(%s::text[], %s::text[]) AS k(page_id, event_id)"
+    " LEFT JOIN router.events e ON e.platform = 'FACEBOOK' AND e.page_id = k.page_id"
+    " AND e.event_id = k.event_id"
+)
+
+
+@dataclass
+class InOrderReport:
+    posts: int = 0
+    apply_waits_s: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        waits = sorted(self.apply_waits_s) or [0.0]
+        return {
+            "posts": self.posts,
+            "apply_wait_p50_ms": round(1000 * waits[len(waits) // 2]),
+            "apply_wait_max_ms": round(1000 * waits[-1]),
+        }
+
+
+async def deliver_in_order(
+    gateway: str,
+    secret: str,
+    conversations: list[list[bytes]],
+    database_url: str,
+    *,
+    apply_timeout_s: float = 30.0,
+) -> InOrderReport:
     """The reference: each conversation's POSTs one after another (conversations in
-    parallel); every one must be answered 200."""
+    parallel), every one answered 200 and its events applied before the next is sent —
+    so the order they are applied in is the order they were sent in."""
+    report = InOrderReport()
+
+    async def applied(conn: psycopg.AsyncConnection, body: bytes) -> None:
+        keys = event_ids(body)
+        columns = ([k[0] for k in keys], [k[1] for k in keys])
+        began = time.monotonic()
+        while True:
+            stored, done, other = await (await conn.execute(_APPLIED, columns)).fetchone()  # type: ignore[misc]
+            if done == len(keys):
+                report.apply_waits_s.append(time.monotonic() - began)
+                return
+            if other or stored < len(keys) or time.monotonic() - began > apply_timeout_s:
+                raise AssertionError(
+                    f"in-order delivery: {stored} of {len(keys)} events stored, {done} applied"
+                    f" after {time.monotonic() - began:.1f} s (other states: {other or '-'})"
+                )
+            await asyncio.sleep(0.005)  # polling the log: the apply stage has no waitable signal
 
     async def one(posts: list[bytes], client: httpx.AsyncClient) -> None:
-        for body in posts:
-            response = await client.post(
-                f"{gateway}/webhooks/facebook",
-                content=body,
-                headers={"X-Hub-Signature-256": sign(body, secret)},
-            )
-            if response.status_code != 200:
-                raise AssertionError(f"in-order delivery got {response.status_code}")
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            for body in posts:
+                response = await client.post(
+                    f"{gateway}/webhooks/facebook",
+                    content=body,
+                    headers={"X-Hub-Signature-256": sign(body, secret)},
+                )
+                if response.status_code != 200:
+                    raise AssertionError(f"in-order delivery got {response.status_code}")
+                report.posts += 1
+                await applied(conn, body)
 
     async with httpx.AsyncClient(timeout=15) as client:
         semaphore = asyncio.Semaphore(8)
@@ -360,3 +511,4 @@ async def deliver_in_order(gateway: str, secret: str, conversations: list[list[b
                 await one(posts, client)
 
         await asyncio.gather(*(bounded(p) for p in conversations))
+    return report

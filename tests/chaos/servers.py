@@ -126,11 +126,15 @@ class OwnPostgres:
 
 @dataclass
 class OwnRedis:
-    """A Redis with nothing on disk: a restart starts empty, like the production setup."""
+    """A Redis with nothing on disk: a restart starts empty, like the production setup.
+
+    `stop` kills it; `freeze` and `thaw` stop and resume it in place (SIGSTOP/SIGCONT).
+    """
 
     root: Path
     port: int = field(default_factory=free_port)
     popen: subprocess.Popen[bytes] | None = None
+    frozen: bool = False
 
     @property
     def url(self) -> str:
@@ -179,5 +183,22 @@ class OwnRedis:
         """Kills the server: every key and every blocked client is gone."""
         if self.popen is not None and self.popen.poll() is None:
             self.popen.send_signal(sig)
+            if self.frozen:
+                self.popen.send_signal(signal.SIGCONT)  # a stopped process must run to exit
             self.popen.wait(10)
         self.popen = None
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and every command hangs unanswered (a stalled
+        host, a long GC pause of a proxy) rather than failing fast as a dead server does."""
+        if self.popen is None or self.popen.poll() is not None:
+            raise RuntimeError("redis-server is not running")
+        self.popen.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """SIGCONT: the keys are all still there and the queued commands are answered."""
+        if self.popen is not None and self.frozen:
+            self.popen.send_signal(signal.SIGCONT)
+        self.frozen = False
