@@ -7,19 +7,16 @@ the embedded default each service has its own SQLite file under var/.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, Table, TextClause, event, text
+from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
-    AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
@@ -120,39 +117,6 @@ def sessions(engine: AsyncEngine) -> async_sessionmaker:
 def upsert_insert(engine_or_dialect_name: str):  # type: ignore[no-untyped-def]
     """The dialect's INSERT that supports ON CONFLICT (PostgreSQL and SQLite both do)."""
     return postgresql.insert if engine_or_dialect_name == "postgresql" else sqlite.insert
-
-
-@functools.lru_cache(maxsize=512)
-def _insert_ignoring_sql(
-    table: str, columns: tuple[str, ...], rows: int, returning: tuple[str, ...]
-) -> TextClause:
-    values = ", ".join(
-        "(" + ", ".join(f":{column}_{i}" for column in columns) + ")" for i in range(rows)
-    )
-    quoted = ", ".join(f'"{column}"' for column in columns)
-    sql = f'INSERT INTO "{table}" ({quoted}) VALUES {values} ON CONFLICT DO NOTHING'
-    if returning:
-        sql += " RETURNING " + ", ".join(f'"{c}"' for c in returning)
-    return text(sql)
-
-
-async def insert_ignoring(
-    session: AsyncSession,
-    table: Table,
-    rows: Sequence[Mapping[str, Any]],
-    returning: tuple[str, ...] = (),
-) -> list[Row[Any]]:
-    """INSERT … ON CONFLICT DO NOTHING [RETURNING …] for rows keyed by column name.
-
-    The same SQL in PostgreSQL and SQLite, as a text statement: SQLAlchemy 2.0 cannot
-    cache its own ON CONFLICT constructs and compiles them afresh on every call, which
-    was a third of the router's CPU per event.
-    """
-    columns = tuple(rows[0])
-    statement = _insert_ignoring_sql(table.name, columns, len(rows), returning)
-    params = {f"{column}_{i}": row[column] for i, row in enumerate(rows) for column in columns}
-    result = await session.execute(statement, params)
-    return list(result.all()) if returning else []
 
 
 def _sqlite_reason(error: BaseException) -> str | None:

@@ -15,9 +15,9 @@ import pytest
 from pagewire import fakegraph
 from pagewire.graph.client import GraphClient
 from pagewire.graph.config import GraphSettings
-from pagewire.kit.settings import Secret
 from pagewire.proto import events_pb2, router_pb2
 from services.router.moderation import CommentActions
+from tests.support.fakes import StandInVault
 from tests.support.routerharness import PAGE, RouterHarness, router_harness
 
 TOKEN = "EAAGcommentActionsToken000000000000000000001"
@@ -28,25 +28,6 @@ DAY = 24 * 3600 * 1000
 FB = events_pb2.FACEBOOK
 
 
-class Vault:
-    """Stands in for the tokens service."""
-
-    def __init__(self) -> None:
-        self.invalid: list[tuple[int, int]] = []
-        self.on_behalf_of: list[str] = []
-
-    async def decrypt(
-        self, platform: str, page_id: str, on_behalf_of: str = ""
-    ) -> tuple[Secret, str]:
-        self.on_behalf_of.append(on_behalf_of)
-        return Secret(TOKEN), "ACTIVE"
-
-    async def mark_invalid(
-        self, platform: str, page_id: str, reason: str, code: int, subcode: int
-    ) -> None:
-        self.invalid.append((code, subcode))
-
-
 @pytest.fixture
 async def graph() -> AsyncIterator[fakegraph.FakeGraph]:
     fake = await fakegraph.start()
@@ -55,8 +36,8 @@ async def graph() -> AsyncIterator[fakegraph.FakeGraph]:
 
 
 @pytest.fixture
-def vault() -> Vault:
-    return Vault()
+def vault() -> StandInVault:
+    return StandInVault(TOKEN)
 
 
 @pytest.fixture
@@ -158,7 +139,7 @@ async def failed(call) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
 
 
 async def test_a_public_reply_is_stored_once_even_when_its_webhook_comes(
-    harness: RouterHarness, graph: fakegraph.FakeGraph, vault: Vault
+    harness: RouterHarness, graph: fakegraph.FakeGraph, vault: StandInVault
 ) -> None:
     await harness.ingest(customer_comment())
     answer = await harness.stub.ReplyToComment(reply("r-1"))
@@ -262,7 +243,7 @@ async def test_instagram_uses_its_own_edges(
 
 
 async def test_graph_refusals_by_code(
-    harness: RouterHarness, graph: fakegraph.FakeGraph, vault: Vault
+    harness: RouterHarness, graph: fakegraph.FakeGraph, vault: StandInVault
 ) -> None:
     await harness.ingest(customer_comment())
     graph.state.fail(preset="100", times=1)

@@ -9,28 +9,13 @@ import pytest
 from pagewire import fakegraph
 from pagewire.graph.client import GraphClient
 from pagewire.graph.config import GraphSettings
-from pagewire.kit.settings import Secret
 from pagewire.proto import router_pb2
 from services.router.profiles import ProfileFetcher
 from services.router.store import Message
+from tests.support.fakes import StandInVault
 from tests.support.routerharness import PAGE, USER, RouterHarness, event, router_harness
 
 TOKEN = "EAAGprofileTestToken000000000000000000000001"
-
-
-class Vault:
-    """Stands in for the tokens service: one token, and a record of re-auth marks."""
-
-    def __init__(self) -> None:
-        self.invalid: list[tuple[int, int]] = []
-
-    async def decrypt(self, platform: str, page_id: str) -> tuple[Secret, str]:
-        return Secret(TOKEN), "ACTIVE"
-
-    async def mark_invalid(
-        self, platform: str, page_id: str, reason: str, code: int, subcode: int
-    ) -> None:
-        self.invalid.append((code, subcode))
 
 
 @pytest.fixture
@@ -42,7 +27,7 @@ async def graph() -> AsyncIterator[fakegraph.FakeGraph]:
 
 @pytest.fixture
 async def setup(database_url: str, redis_url: str, redis_prefix: str, graph):  # type: ignore[no-untyped-def]
-    vault = Vault()
+    vault = StandInVault(TOKEN)
     client = GraphClient(
         GraphSettings(url=graph.url, instagram_url=graph.url, max_attempts=1, timeout_s=5)
     )

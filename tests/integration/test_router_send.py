@@ -14,33 +14,14 @@ from sqlalchemy import select
 from pagewire import fakegraph
 from pagewire.graph.client import GraphClient
 from pagewire.graph.config import GraphSettings
-from pagewire.kit.settings import Secret
 from pagewire.proto import events_pb2, router_pb2
 from services.router.send import Sender, _request_hash
 from services.router.store import Conversation, OutboundSend
+from tests.support.fakes import StandInVault
 from tests.support.routerharness import PAGE, USER, RouterHarness, event, router_harness
 
 TOKEN = "EAAGsendTestToken0000000000000000000000000001"
 HOUR = 3600 * 1000
-
-
-class Vault:
-    """Stands in for the tokens service."""
-
-    def __init__(self) -> None:
-        self.invalid: list[tuple[int, int]] = []
-        self.on_behalf_of: list[str] = []
-
-    async def decrypt(
-        self, platform: str, page_id: str, on_behalf_of: str = ""
-    ) -> tuple[Secret, str]:
-        self.on_behalf_of.append(on_behalf_of)
-        return Secret(TOKEN), "ACTIVE"
-
-    async def mark_invalid(
-        self, platform: str, page_id: str, reason: str, code: int, subcode: int
-    ) -> None:
-        self.invalid.append((code, subcode))
 
 
 @pytest.fixture
@@ -51,8 +32,8 @@ async def graph() -> AsyncIterator[fakegraph.FakeGraph]:
 
 
 @pytest.fixture
-def vault() -> Vault:
-    return Vault()
+def vault() -> StandInVault:
+    return StandInVault(TOKEN)
 
 
 @pytest.fixture
@@ -64,7 +45,7 @@ async def client(graph: fakegraph.FakeGraph) -> AsyncIterator[GraphClient]:
     await graph_client.aclose()
 
 
-def sending(client: GraphClient, vault: Vault):  # type: ignore[no-untyped-def]
+def sending(client: GraphClient, vault: StandInVault):  # type: ignore[no-untyped-def]
     def make(sessions, locks, pages):  # type: ignore[no-untyped-def]
         return Sender(sessions, locks, pages, client, vault, app_id="842019375510284")
 

@@ -6,6 +6,7 @@ import grpc
 
 from pagewire.kit.authz import Policy
 from pagewire.kit.grpcserver import GrpcService, start_server
+from pagewire.kit.settings import Secret
 from pagewire.proto import events_pb2, subscriptions_pb2, subscriptions_pb2_grpc
 
 
@@ -58,3 +59,24 @@ async def serve_fake_subscriptions(fake: FakeSubscriptions) -> GrpcService:
         ),
         access=Policy.open(["pagewire.subscriptions.v1.SubscriptionsService"]),
     )
+
+
+class StandInVault:
+    """Stands in for the tokens service inside a router: one token for every page, and a
+    record of who it was decrypted for and of the re-authorization marks."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+        self.invalid: list[tuple[int, int]] = []
+        self.on_behalf_of: list[str] = []
+
+    async def decrypt(
+        self, platform: str, page_id: str, on_behalf_of: str = ""
+    ) -> tuple[Secret, str]:
+        self.on_behalf_of.append(on_behalf_of)
+        return Secret(self._token), "ACTIVE"
+
+    async def mark_invalid(
+        self, platform: str, page_id: str, reason: str, code: int, subcode: int
+    ) -> None:
+        self.invalid.append((code, subcode))
