@@ -1,11 +1,12 @@
 """The event contract between the gateway (producer) and the router (consumer), written once.
 
 What an `events.v1.Event` may hold so that the router can store it as its kind:
-the platform names, the length of every id and mid the router keeps in a column,
-the kinds that need a person, and what a stored text may not contain. The
-gateway bounds what it emits with these numbers; the router checks the same
-numbers and stores anything that breaks them as `unsupported` with its raw JSON
-— never a reason to fail a webhook (Meta would redeliver it for ever).
+the platform names, the origins, the length of every id and mid the router keeps
+in a column, the kinds that need a person, and what a stored text may not
+contain. The gateway (webhooks) and subscriptions (history import, gap repair)
+bound what they emit with these numbers; the router checks the same numbers and
+stores anything that breaks them as `unsupported` with its raw JSON — never a
+reason to fail a webhook (Meta would redeliver it for ever).
 """
 
 from __future__ import annotations
@@ -45,6 +46,33 @@ class Platform(StrEnum):
         return self.value.lower()
 
 
+class Origin(StrEnum):
+    """Where an event came from; the value is what the router's `messages.origin` stores."""
+
+    WEBHOOK = "webhook"
+    HISTORY = "history"
+    GAP_REPAIR = "gap_repair"
+
+    @classmethod
+    def from_proto(cls, value: int) -> Origin:
+        """The origin of an `events.v1.Origin` number; ValueError for any other."""
+        for origin, number in _ORIGIN_NUMBERS.items():
+            if number == value:
+                return origin
+        raise ValueError(f"not an origin: {value}")
+
+    @property
+    def proto(self) -> int:
+        return _ORIGIN_NUMBERS[self]
+
+
+_ORIGIN_NUMBERS = {
+    Origin.WEBHOOK: events_pb2.ORIGIN_WEBHOOK,
+    Origin.HISTORY: events_pb2.ORIGIN_HISTORY,
+    Origin.GAP_REPAIR: events_pb2.ORIGIN_GAP_REPAIR,
+}
+
+
 # Column sizes of the router's tables (services/router/store): every value the gateway
 # emits fits, and the router refuses none of them.
 MAX_PAGE_ID = 128
@@ -57,8 +85,12 @@ MAX_KIND = 64
 MAX_REACTION = 32
 MAX_EMOJI = 64
 MAX_VERB = 16
-# A comment's author's display name (Facebook name, Instagram username).
+# A comment's author's display name (Facebook name, Instagram username), and a history
+# marker's person's name (it fills the contact's name or username).
 MAX_NAME = 256
+# Graph's conversation id (t_… on Messenger, a base64 aWdf… on Instagram, about 100
+# characters today); it travels in the marker's log entry only, bounded like an event id.
+MAX_CONVERSATION_ID = MAX_EVENT_ID
 # The comment verbs the router folds; any other is kept raw.
 COMMENT_VERBS = frozenset({"add", "edited", "remove", "hide", "unhide"})
 POST_REACTION_VERBS = frozenset({"add", "edit", "remove"})
@@ -66,7 +98,9 @@ POST_REACTION_VERBS = frozenset({"add", "edit", "remove"})
 MAX_EVENTS_PER_CALL = 1000
 
 # Kinds whose event means nothing without the person it concerns.
-KINDS_NEEDING_PERSON = frozenset({"message", "delivery", "read", "postback", "reaction", "edit"})
+KINDS_NEEDING_PERSON = frozenset(
+    {"message", "delivery", "read", "postback", "reaction", "edit", "history"}
+)
 
 
 def unstorable(event: events_pb2.Event) -> str | None:
@@ -106,6 +140,8 @@ def unstorable(event: events_pb2.Event) -> str | None:
             return "post_reaction.verb: not one the router folds"
     if kind == "mention" and not event.mention.media_id:
         return "mention: needs media_id"
+    if kind == "history" and event.history.messages < 0:
+        return "history.messages: negative"
     return None
 
 
@@ -171,13 +207,19 @@ def _bounded_fields(event: events_pb2.Event, kind: str) -> list[tuple[str, str, 
             ("mention.media_id", m.media_id, MAX_MID),
             ("mention.comment_id", m.comment_id, MAX_MID),
         ]
+    if kind == "history":
+        h = event.history
+        return [
+            ("history.conversation_id", h.conversation_id, MAX_CONVERSATION_ID),
+            ("history.user_name", h.user_name, MAX_NAME),
+        ]
     return []
 
 
 def demoted(event: events_pb2.Event) -> events_pb2.Event:
     """The same item as an `unsupported` event of kind `<kind>:invalid`: its id, page,
-    time and raw JSON kept, the kind's fields dropped; an over-long person id is dropped
-    too (the item is then the page's, not a conversation's)."""
+    time, origin and raw JSON kept, the kind's fields dropped; an over-long person id is
+    dropped too (the item is then the page's, not a conversation's)."""
     kind = event.WhichOneof("kind") or "unknown"
     out = events_pb2.Event(
         id=event.id,
@@ -189,6 +231,7 @@ def demoted(event: events_pb2.Event) -> events_pb2.Event:
         standby=event.standby,
         raw_json=event.raw_json,
         received_at_ms=event.received_at_ms,
+        origin=event.origin,
         unsupported=events_pb2.UnsupportedEvent(kind=f"{kind}:invalid"[:MAX_KIND]),
     )
     return out

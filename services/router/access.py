@@ -3,14 +3,15 @@
 The table is enforced by the kit's authorization interceptor before a handler runs.
 RPCs marked `accounts=True` also check, in the handler, that the account the
 request names — or the account that owns the page or conversation it names — is
-one the caller's `PAGEWIRE_ROUTER_ACCOUNT_ACCESS` entry lists.
+one the caller's `PAGEWIRE_ROUTER_ACCOUNT_ACCESS` entry lists. `Ingest` checks,
+in the handler, that each of its events has an origin its caller may append.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from pagewire.contract import Platform
+from pagewire.contract import Origin, Platform
 from pagewire.kit.authz import (
     GATEWAY,
     OPERATORS,
@@ -20,6 +21,7 @@ from pagewire.kit.authz import (
     Group,
     allow,
 )
+from pagewire.kit.errors import PermissionDenied
 from pagewire.kit.principal import Principal
 from pagewire.proto import events_pb2, router_pb2
 from services.router.parking import Pages
@@ -33,8 +35,10 @@ SENDERS = Group("senders", "ROUTER_SENDERS", ("app",))
 ROUTER_ACCESS = AccessTable(
     SERVICE_NAME,
     {
-        # The internet-facing gateway appends webhooks and may do nothing else.
-        "Ingest": allow(GATEWAY),
+        # The internet-facing gateway appends webhooks and may do nothing else; subscriptions
+        # appends what it reads back from Graph (history import, gap repair). INGEST_ORIGINS
+        # below says which origins each may append.
+        "Ingest": allow(GATEWAY, SUBSCRIPTIONS),
         # The page lifecycle: after connect, in `pages list`, on disconnect --purge.
         "RouteParked": allow(SUBSCRIPTIONS),
         "PageDisconnected": allow(SUBSCRIPTIONS),
@@ -57,6 +61,50 @@ ROUTER_ACCESS = AccessTable(
         "ReprocessEvents": allow(OPERATORS),
     },
 )
+
+# What each caller of Ingest may append: the gateway only what Meta delivered, never a
+# history marker (it would announce an import that never ran); subscriptions only what
+# it read from the Conversations API, markers with the import's origin alone. Any other
+# identity (the table above lets none through) may append nothing.
+INGEST_ORIGINS: Mapping[str, frozenset[Origin]] = {
+    GATEWAY: frozenset({Origin.WEBHOOK}),
+    SUBSCRIPTIONS: frozenset({Origin.HISTORY, Origin.GAP_REPAIR}),
+}
+MARKER_ORIGINS: Mapping[str, frozenset[Origin]] = {SUBSCRIPTIONS: frozenset({Origin.HISTORY})}
+
+
+def require_origins(principal: Principal, events: Iterable[events_pb2.Event]) -> None:
+    """PermissionDenied, naming the first event and its origin, unless the caller may
+    append every event's origin; checked before anything of the call is appended.
+
+    A caller without a certificate (plaintext, loopback only) passed authorization as
+    everyone, and may append every origin here too; the structure of each event (an
+    origin that exists, a marker's) is Ingest's validation."""
+    if not principal.authenticated:
+        return
+    allowed = INGEST_ORIGINS.get(principal.identity, frozenset())
+    markers = MARKER_ORIGINS.get(principal.identity, frozenset())
+    for i, event in enumerate(events):
+        marker = event.WhichOneof("kind") == "history"
+        try:
+            origin = Origin.from_proto(event.origin)
+        except ValueError:
+            origin = None
+        if origin in (markers if marker else allowed):
+            continue
+        name = _origin_name(event.origin)
+        what = f"history markers of {name}" if marker else f"{name} events"
+        raise PermissionDenied(
+            f"{principal.identity!r} may not call {principal.method} with {what} (events[{i}])"
+        )
+
+
+def _origin_name(value: int) -> str:
+    try:
+        return events_pb2.Origin.Name(value)
+    except ValueError:
+        return f"origin {value}"
+
 
 ACCOUNTS_VARIABLE = "ROUTER_ACCOUNT_ACCESS"
 # Operators see every account unless the variable says otherwise.

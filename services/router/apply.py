@@ -449,6 +449,10 @@ class Applier:
 
 def _renormalized(item: store_log.Claimed, stored: events_pb2.Event) -> events_pb2.Event:
     """The entry normalized again from its raw item by this version's normalizer."""
+    if stored.origin != events_pb2.ORIGIN_WEBHOOK:
+        # Read back from the Conversations API: its raw item is Graph's, not a webhook's,
+        # and the webhook normalizer has nothing to say about it.
+        return stored
     stored.raw_json = item.raw_json or ""
     fresh = renormalize(stored)
     return contract.demoted(fresh) if contract.unstorable(fresh) else fresh

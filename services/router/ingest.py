@@ -11,7 +11,9 @@ gives up (its deadline passed) never leaves a connection inside a transaction.
 An event the router cannot store as its kind (an over-long id or mid, a NUL, a
 message without its person) is appended as `unsupported` with its raw JSON,
 counted, and never fails the call; only a structurally broken event (no page, no
-id, no kind, an unknown platform) is INVALID_ARGUMENT — a producer's bug.
+id, no kind, an unknown platform or origin, a history marker that is not the
+history import's) is INVALID_ARGUMENT — a producer's bug. Which caller may append
+which origin is the servicer's check, before this (services/router/access.py).
 """
 
 from __future__ import annotations
@@ -65,6 +67,14 @@ def validate(events: Sequence[events_pb2.Event]) -> list[events_pb2.Event]:
             raise InvalidArgument(f"{where}.direction", "must be INBOUND or OUTBOUND")
         if event.WhichOneof("kind") is None:
             raise InvalidArgument(f"{where}.kind", "an event needs one kind (message, read, ...)")
+        try:
+            origin = contract.Origin.from_proto(event.origin)
+        except ValueError:
+            raise InvalidArgument(
+                f"{where}.origin", "must be ORIGIN_WEBHOOK, ORIGIN_HISTORY or ORIGIN_GAP_REPAIR"
+            ) from None
+        if event.WhichOneof("kind") == "history" and origin is not contract.Origin.HISTORY:
+            raise InvalidArgument(f"{where}.origin", "a history marker is ORIGIN_HISTORY")
         reason = contract.unstorable(event)
         if reason is not None:
             metrics.DEMOTED.labels(event.WhichOneof("kind") or "none").inc()

@@ -20,6 +20,13 @@ not of their order (guarantee 4):
   everything up to it);
 - a person's reaction is the newest reaction event; the thread owner is the
   newest handover.
+
+Messages read back from the Conversations API (`origin` history or gap repair) are
+stored like webhooks' and deduplicated by the same mid. An import's old messages
+are not news: they emit no MESSAGE_CREATED (nor CONVERSATION_CREATED for a
+conversation only the import brought); the import's end marker (`history`) emits
+one HISTORY_IMPORTED for the conversation instead. Gap repair's messages are news
+Meta never delivered, and are announced like any webhook's.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagewire.contract import Origin, Platform
 from pagewire.proto import events_pb2
 
 DELIVERED, READ, DELETED = "delivered", "read", "deleted"
@@ -110,6 +118,7 @@ def message_row(
         "error_message": "",
         "idempotency_key": "",
         "sent_by": "",
+        "origin": Origin.WEBHOOK.value,
     }
     unknown = set(fields) - set(row)
     if unknown:
@@ -262,6 +271,9 @@ class Plan:
     post_reactions: dict[tuple[str, str, str, str, str], dict[str, Any]] = field(
         default_factory=dict
     )
+    # Contacts a history marker names (name on Messenger, username on Instagram): filled
+    # only where the contact has none, so a profile Graph gave is never overwritten.
+    contact_names: dict[Key, dict[str, Any]] = field(default_factory=dict)
     # account → [(kind, conversation, message ref, event row, comment ref, thread)], in order.
     changes: dict[str, list[PlannedChange]] = field(default_factory=dict)
 
@@ -325,8 +337,13 @@ class _Conversation:
 
     def apply(self, entry: Entry) -> None:
         event, conv = entry.event, self.conv
-        conv.last_event_ms = max(conv.last_event_ms, event.timestamp_ms)
         which = event.WhichOneof("kind")
+        if which == "history":
+            # The end of an import, not something the person or the Page did at its time:
+            # the conversation's last event and messaging window stay as its messages say.
+            self.history(entry)
+            return
+        conv.last_event_ms = max(conv.last_event_ms, event.timestamp_ms)
         if event.direction == events_pb2.INBOUND and which in USER_ACTIONS:
             conv.last_inbound_ms = max(conv.last_inbound_ms, event.timestamp_ms)
         if which == "message" and event.message.is_deleted:
@@ -375,6 +392,7 @@ class _Conversation:
             )
         if self.stored(mid) is not None or self.new(mid) is not None:
             return  # already stored (for example our own send, matched by its echo)
+        origin = Origin.from_proto(event.origin)
         row = self.plan.new_messages[self._key(mid)] = message_row(
             conversation_id=conv.id,
             platform=conv.platform,
@@ -387,10 +405,40 @@ class _Conversation:
             attachments=files,
             kind=kind,
             standby=event.standby,
+            origin=origin.value,
             **fields,
         )
         self.created.append(row)
-        self.plan.change(self.account, "MESSAGE_CREATED", conv.id, self._key(mid))
+        if origin is not Origin.HISTORY:
+            # An import of thousands of old messages must not flood consumers' feeds: the
+            # conversation's HISTORY_IMPORTED says once that they are readable.
+            self.plan.change(self.account, "MESSAGE_CREATED", conv.id, self._key(mid))
+
+    def history(self, entry: Entry) -> None:
+        event, conv = entry.event, self.conv
+        self.plan.change(self.account, "HISTORY_IMPORTED", conv.id, event_row=entry.row_id)
+        name = event.history.user_name
+        if not name.strip():
+            return
+        instagram = conv.platform == Platform.INSTAGRAM
+        row = {
+            "platform": conv.platform,
+            "page_id": conv.page_id,
+            "user_id": conv.user_id,
+            "name": "" if instagram else name,
+            "username": name if instagram else "",
+            "timestamp_ms": event.timestamp_ms,
+            "event_id": event.id,
+        }
+        key = (conv.platform, conv.page_id, conv.user_id)
+        held = self.plan.contact_names.get(key)
+        # Two markers in one batch (an import run again): the newest names the person,
+        # whatever their order in the log.
+        if held is None or (row["timestamp_ms"], row["event_id"]) > (
+            held["timestamp_ms"],
+            held["event_id"],
+        ):
+            self.plan.contact_names[key] = row
 
     def edit(self, event: events_pb2.Event) -> None:
         edit = event.edit
@@ -693,7 +741,8 @@ def plan_batch(
         conv = conversations[key]
         conv.account_id = account  # a moved page's conversations follow it
         plan.conversations[conv.id] = conv
-        if conv.created:
+        # A conversation only an import brought is announced by its HISTORY_IMPORTED.
+        if conv.created and any(e.event.origin != events_pb2.ORIGIN_HISTORY for e in entries):
             plan.change(account, "CONVERSATION_CREATED", conv.id)
         folding = _Conversation(plan, known, conv, now)
         for entry in entries:

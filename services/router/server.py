@@ -8,7 +8,7 @@ import json
 import grpc
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from pagewire.contract import Platform
+from pagewire.contract import Origin, Platform
 from pagewire.kit import telemetry
 from pagewire.kit.errors import FailedPrecondition, InvalidArgument, PagewireError
 from pagewire.kit.principal import current
@@ -16,7 +16,7 @@ from pagewire.kit.timeutil import now_ms
 from pagewire.kit.validate import platform_and_page
 from pagewire.proto import events_pb2, router_pb2, router_pb2_grpc
 from services.router import metrics
-from services.router.access import SERVICE_NAME, PageOwners
+from services.router.access import SERVICE_NAME, PageOwners, require_origins
 from services.router.apply import LogMonitor
 from services.router.feed import FeedNotifier, changes_after
 from services.router.ingest import Appender
@@ -113,6 +113,7 @@ def _message(view: MessageView) -> router_pb2.Message:
         error_message=row.error_message,
         idempotency_key=row.idempotency_key,
         sent_by=row.sent_by,
+        origin=Origin(row.origin).proto,
     )
 
 
@@ -196,6 +197,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     async def Ingest(
         self, request: router_pb2.IngestRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.IngestResponse:
+        require_origins(current(), request.events)
         result = await self._appender.ingest(request.events)
         return router_pb2.IngestResponse(stored=result.stored, duplicates=result.duplicates)
 

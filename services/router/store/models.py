@@ -118,6 +118,9 @@ class Message(Base):
     idempotency_key: Mapped[str] = mapped_column(String(128), default="")
     # The certificate identity whose SendMessage produced this outgoing message.
     sent_by: Mapped[str] = mapped_column(String(128), default="")
+    # webhook (live traffic and the router's own sends), history (imported from the
+    # Conversations API) or gap_repair (found there, never delivered as a webhook).
+    origin: Mapped[str] = mapped_column(String(16), default="webhook", server_default="webhook")
 
 
 class OutboundSend(Base):

@@ -4,8 +4,9 @@ per table per batch.
 Reads: the batch's conversations, locked (`FOR UPDATE` on PostgreSQL; SQLite has
 one writer); the stored messages, receipt marks and edits of every mid it names.
 Writes: messages, edits, marks, reactions, message updates, the status sweep,
-conversations and the feed — each a single statement over the batch's rows. The
-same message insert serves inbound messages, echoes and the router's own sends.
+conversations, the names history markers give contacts, and the feed — each a
+single statement over the batch's rows. The same message insert serves inbound
+messages, echoes, messages read back from Graph and the router's own sends.
 """
 
 from __future__ import annotations
@@ -246,6 +247,19 @@ _REACTION_COLUMNS = (
     ("timestamp_ms", "BIGINT"),
     ("event_id", "TEXT"),
 )
+_CONTACT_NAME_COLUMNS = (*_KEY_COLUMNS, ("name", "TEXT"), ("username", "TEXT"))
+# A history marker's name fills a contact's empty name (Messenger) or username
+# (Instagram) and nothing else: what Graph's profile lookup stored stands, and the lookup,
+# which runs after this commit, may still replace the marker's with the profile's.
+_CONTACT_NAMES = (
+    "UPDATE contacts SET"
+    " name = CASE WHEN contacts.name = '' THEN v.name ELSE contacts.name END,"
+    " username = CASE WHEN contacts.username = '' THEN v.username ELSE contacts.username END"
+    " FROM {values} WHERE contacts.platform = v.platform AND contacts.page_id = v.page_id"
+    " AND contacts.user_id = v.user_id AND ((v.name <> '' AND contacts.name = '')"
+    " OR (v.username <> '' AND contacts.username = ''))"
+)
+
 _BLANK_EDITS = (
     "UPDATE message_edits SET text = '' FROM {values} WHERE message_edits.platform = v.platform"
     " AND message_edits.page_id = v.page_id AND message_edits.mid = v.mid"
@@ -317,4 +331,8 @@ async def write_plan(
             for c in plan.conversations.values()
         ]
         await bulk.with_values(session, _CONVERSATION_UPDATE, _CONVERSATION_UPDATE_COLUMNS, rows)
+    if plan.contact_names:
+        await bulk.with_values(
+            session, _CONTACT_NAMES, _CONTACT_NAME_COLUMNS, list(plan.contact_names.values())
+        )
     return new_ids, changed
