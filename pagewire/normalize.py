@@ -533,6 +533,16 @@ def _created_ms(value: object) -> int | None:
     return ms if 0 < ms <= _INT64_MAX else None
 
 
+def graph_time_ms(value: object) -> int | None:
+    """Graph's `created_time` / `updated_time` as epoch ms (None when unusable)."""
+    return _created_ms(value)
+
+
+def text_of(value: object) -> str:
+    """A string as the router stores text (NUL and lone surrogates replaced), '' otherwise."""
+    return _text(value)
+
+
 def item_kind(item: Mapping[str, Any]) -> str:
     """The key that names what happened (Meta puts no type field in the body)."""
     for key in _KIND_PRIORITY:

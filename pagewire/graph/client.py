@@ -4,7 +4,8 @@ The token travels only in the `Authorization: Bearer` header — URLs end up in
 logs, spans and proxies. Retryable failures (codes.RETRYABLE_CODES, HTTP 5xx,
 timeouts, connection errors) are retried with full-jitter backoff, and a wait
 Graph asks for in `X-Business-Use-Case-Usage` is honoured for every later call
-about the same object; a wait longer than the budget of one call is not slept
+about the same object (and `X-App-Usage` near or at 100% holds every call a while);
+a wait longer than the budget of one call is not slept
 through: the call fails with `retry_after_s` and the object stays on hold.
 
 Every attempt is counted by endpoint and result (pagewire_graph_calls_total);
@@ -27,7 +28,14 @@ from pagewire.graph import codes
 from pagewire.graph.config import GraphSettings
 from pagewire.graph.errors import GraphError, error_from_response
 from pagewire.graph.metrics import GRAPH_CALLS, GRAPH_SECONDS, endpoint_of
-from pagewire.graph.ratelimit import APP_WIDE, Backoff, Clock, Throttle, regain_access_s
+from pagewire.graph.ratelimit import (
+    APP_WIDE,
+    Backoff,
+    Clock,
+    Throttle,
+    app_usage_hold_s,
+    regain_access_s,
+)
 from pagewire.kit import telemetry
 from pagewire.kit.settings import Secret
 
@@ -213,6 +221,9 @@ class GraphClient:
         waits = regain_access_s(response)
         for waiting_id, seconds in waits.items():
             self.throttle.hold(waiting_id, seconds)
+        app_hold = app_usage_hold_s(response)
+        if app_hold:
+            self.throttle.hold(APP_WIDE, app_hold)
         if error is None or not codes.is_rate_limit(error.code):
             return
         if object_id and object_id in waits:

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 import httpx
 
 BUC_HEADER = "x-business-use-case-usage"
+APP_USAGE_HEADER = "x-app-usage"
 APP_WIDE = "*"
+# `X-App-Usage` gives percentages of the app's hourly allowance and no time to wait: near
+# the top every call of the process slows down, at the top it waits a minute.
+APP_USAGE_SLOW_PERCENT = 90.0
+APP_USAGE_SLOW_S = 5.0
+APP_USAGE_FULL_S = 60.0
 
 
 class Clock:
@@ -56,6 +62,28 @@ def regain_access_s(response: httpx.Response) -> dict[str, float]:
             if minutes > 0:
                 waits[str(object_id)] = max(waits.get(str(object_id), 0.0), minutes * 60)
     return waits
+
+
+def app_usage_hold_s(response: httpx.Response) -> float:
+    """Seconds every call of the app should wait, from `X-App-Usage` (0: go on)."""
+    raw = response.headers.get(APP_USAGE_HEADER)
+    if not raw:
+        return 0.0
+    try:
+        usage = json.loads(raw)
+    except ValueError:
+        return 0.0
+    if not isinstance(usage, dict):
+        return 0.0
+    percents = []
+    for key in ("call_count", "total_time", "total_cputime"):
+        value = usage.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            percents.append(float(value))
+    highest = max(percents, default=0.0)
+    if highest >= 100:
+        return APP_USAGE_FULL_S
+    return APP_USAGE_SLOW_S if highest >= APP_USAGE_SLOW_PERCENT else 0.0
 
 
 @dataclass
