@@ -7,18 +7,23 @@ the Send API `POST /{page-id}/messages` (pagewire.fakesend), and comments —
 `POST /{comment-id}/comments`, `POST /{ig-comment-id}/replies`, private replies
 through `/messages`, hide (`POST /{id}` is_hidden / hide), `DELETE /{id}`,
 `GET /{post|media|comment-id}/comments|replies` (pagewire.fakecomments, whose
-docstring gives every shape and error). Both hosts are served alike. Used by the
+docstring gives every shape and error), and the Conversations API — `GET
+/{page-id}/conversations`, `GET /{conversation-id}/messages` over a scripted history
+(pagewire.fakehistory, likewise). Both hosts are served alike. Used by the
 tests (in-process, through `start()`) and by `pagewire fake-graph` (`serve()`).
 It records every Graph request it receives and is steered through a control API
 under `/_fake/`:
 
     GET  /_fake/requests    every recorded Graph request, oldest first
     GET  /_fake/pages       subscriptions by page id
-    POST /_fake/reset       forget requests, pages, failures, users, sends and comments
+    POST /_fake/reset       forget requests, pages, failures, users, sends, comments and
+                             histories
     POST /_fake/fail        {"method", "path_contains", "status", "error" | "preset" | "body",
-                             "times", "delay_s", "headers"} — the next matching requests fail
-                             (or, with "body", get that JSON instead of the normal answer;
-                             with only "delay_s", answer slowly)
+                             "times", "after", "delay_s", "headers"} — the next matching
+                             requests fail (or, with "body", get that JSON instead of the
+                             normal answer; with only "delay_s", answer slowly); with
+                             "after": n the first n matching requests pass, the next
+                             `times` fail
     POST /_fake/unsubscribe {"page_id", "fields"?} — Meta silently drops the page's
                              subscription (or only those fields), as it does to a webhook
                              that kept failing
@@ -31,6 +36,12 @@ under `/_fake/`:
     POST /_fake/comment     a customer comments on a post (stored, its webhook posted)
     POST /_fake/comments    seed comments silently ({"comments": [...], "strict"?})
     GET  /_fake/comments    every comment the fake knows, with its state
+    POST /_fake/history     a page's conversations and messages, replaced (ids made up
+                             when absent); /_fake/history/generate makes a seeded one
+    GET  /_fake/history     ?page_id= — the script, messages oldest first
+    POST /_fake/history/message  a new message in a conversation (its webhook posted)
+    POST /_fake/history/deliver  the signed webhooks of scripted messages, some left out
+    POST /_fake/history/usage    usage headers on every history answer
 
 Presets are the error bodies Meta sends (../shared/fixtures/graph); they are
 embedded here so the server needs nothing outside this repository.
@@ -58,6 +69,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from pagewire.fakecomments import CommentApi, CommentState
+from pagewire.fakehistory import HistoryApi, HistoryState
 from pagewire.fakesend import SendState, answer_send, echo_target_from_json
 
 FAKE_APP_ID = "842019375510284"
@@ -204,7 +216,8 @@ def _graph_error(error: dict[str, Any], status: int = 400, **headers: str) -> JS
 
 @dataclass
 class Failure:
-    """A rule that makes the next `times` matching requests fail (None: until reset)."""
+    """A rule that makes the next `times` matching requests fail (None: until reset),
+    once `after` matching requests have passed."""
 
     method: str | None = None
     path_contains: str = ""
@@ -215,6 +228,7 @@ class Failure:
     times: int | None = 1
     delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    after: int = 0
 
     @property
     def answers(self) -> bool:
@@ -233,6 +247,7 @@ class Failure:
             "preset": self.preset,
             "body": self.body,
             "times": self.times,
+            "after": self.after,
             "delay_s": self.delay_s,
         }
 
@@ -260,6 +275,9 @@ def failure_from_json(body: Any) -> Failure:
     times = body.get("times", 1)
     if times is not None and (not isinstance(times, int) or times < 1):
         raise BadFailure("times must be a positive integer, or null for until reset")
+    after = body.get("after", 0)
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise BadFailure("after must be a non-negative integer")
     delay_s = body.get("delay_s", 0)
     if not isinstance(delay_s, int | float) or delay_s < 0:
         raise BadFailure("delay_s must be a non-negative number")
@@ -280,6 +298,7 @@ def failure_from_json(body: Any) -> Failure:
         times=times,
         delay_s=float(delay_s),
         headers={str(k): str(v) for k, v in headers.items()},
+        after=after,
     )
 
 
@@ -302,6 +321,7 @@ class FakeGraphState:
     refreshed: list[tuple[str, str]] = field(default_factory=list)
     send: SendState = field(default_factory=SendState)
     comments: CommentState = field(default_factory=CommentState)
+    history: HistoryState = field(default_factory=HistoryState)
     # user id → the profile answered for it; ids in `no_profile` get error 2018218.
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     no_profile: set[str] = field(default_factory=set)
@@ -319,6 +339,7 @@ class FakeGraphState:
         self.profiles.clear()
         self.send.reset()
         self.comments.reset()
+        self.history.reset()
         self.no_profile.clear()
         self.default_accounts = [dict(page) for page in DEFAULT_ACCOUNTS]
         self.accounts_page_size = 25
@@ -346,6 +367,9 @@ class FakeGraphState:
     def take_failure(self, method: str, path: str) -> Failure | None:
         for failure in self.failures:
             if failure.matches(method, path):
+                if failure.after > 0:
+                    failure.after -= 1
+                    continue
                 if failure.times is not None:
                     failure.times -= 1
                     if failure.times <= 0:
@@ -456,6 +480,15 @@ def create_app(state: FakeGraphState) -> Starlette:
     comments = CommentApi(
         state.comments, state.send, errors, lambda: state.clock(), lambda: _directory(state)
     )
+    history = HistoryApi(
+        state.history,
+        state.send,
+        errors,
+        lambda: state.clock(),
+        lambda: _directory(state),
+        _token_of,
+        FAKE_APP_ID,
+    )
 
     async def graph(request: Request) -> Response:
         entry = await _record(state, request)
@@ -466,6 +499,8 @@ def create_app(state: FakeGraphState) -> Starlette:
         if failure is not None and failure.answers:
             return _failure_response(failure, request.url.path)
         answered = await comments.answer(request, entry)
+        if answered is None:
+            answered = history.answer(request, entry)
         if answered is not None:
             return answered
         parts = [p for p in request.url.path.split("/") if p]
@@ -558,6 +593,7 @@ def create_app(state: FakeGraphState) -> Starlette:
             Route("/_fake/echo", echo, methods=["POST"]),
             Route("/_fake/accounts", accounts, methods=["POST"]),
             *comments.control_routes(),
+            *history.control_routes(),
             Route("/{path:path}", graph, methods=["GET", "POST", "DELETE"]),
         ]
     )
@@ -608,6 +644,23 @@ def _profile(state: FakeGraphState, entry: dict[str, Any], user_id: str) -> Resp
     if user_id in state.no_profile:
         return _graph_error(dict(PRESETS["100_2018218"]))
     fields = [f for f in str(entry["query"].get("fields", "")).split(",") if f]
+    scripted = state.history.person(user_id)
+    if scripted is not None and user_id not in state.profiles:
+        # A person of a scripted history has the same name in the User Profile API.
+        first, _, last = scripted.name.partition(" ")
+        return JSONResponse(
+            {
+                k: v
+                for k, v in {
+                    "name": scripted.name,
+                    "first_name": first,
+                    "last_name": last,
+                    "username": scripted.username,
+                    "id": user_id,
+                }.items()
+                if not fields or k in fields or k == "id"
+            }
+        )
     profile = state.profiles.get(user_id) or {
         "name": f"User {user_id[-4:]}",
         "first_name": "User",
