@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from pagewire import clicomments
+from pagewire import clicomments, clihistory
 from pagewire.cliformat import dump_json, iso, table, to_dict
 from pagewire.kit.settings import SettingsError, env_secret, grpc_target, var_dir
 from pagewire.kit.tls import GrpcSecurity
@@ -115,12 +115,13 @@ def _page_rows(pages: list[subscriptions_pb2.Page]) -> str:
             iso(p.last_checked_at_ms)[:19],
             str(p.repairs),
             iso(p.activity.last_event_ms)[:19] if p.activity.known else "unknown",
+            clihistory.history_cell(p),
             p.last_error or (p.token.reason if p.HasField("token") else ""),
         )
         for p in pages
     ]
     headers = ("PLATFORM", "PAGE", "ACCOUNT", "STATUS", "FIELDS", "TOKEN", "LAST CHECK")
-    return table(rows, (*headers, "REPAIRS", "LAST EVENT", "LAST ERROR"))
+    return table(rows, (*headers, "REPAIRS", "LAST EVENT", "HISTORY", "LAST ERROR"))
 
 
 def _expires_at_ms(expires_in_s: int | None) -> int:
@@ -147,6 +148,8 @@ async def pages_connect(args: argparse.Namespace) -> str:
             move=args.move,
             human_agent=args.human_agent,
             token_expires_at_ms=_expires_at_ms(args.token_expires_in),
+            no_history=args.no_history,
+            history_days=args.history_days or 0,
         ),
     )
     if args.json:
@@ -160,6 +163,12 @@ async def pages_connect(args: argparse.Namespace) -> str:
         )
     if reply.parked_routed:
         line += f"; {reply.parked_routed} parked event(s) routed"
+    if page.history.state in (subscriptions_pb2.HISTORY_PENDING, subscriptions_pb2.HISTORY_RUNNING):
+        line += (
+            f"; importing {page.history.days} days of history"
+            f" (follow it: pagewire pages history --platform {args.platform}"
+            f" --page-id {page.page_id})"
+        )
     return line
 
 
@@ -438,6 +447,10 @@ async def events_tail(args: argparse.Namespace) -> str:
                     # A comment thread's change: the post, the comment, its text.
                     where = f"{change.thread.page_id}:{change.thread.post_id}"
                     what = change.comment.text or change.comment.comment_id
+                elif change.kind == router_pb2.HISTORY_IMPORTED:
+                    # One line per imported conversation; its messages have no line of their own.
+                    where = f"{change.conversation.page_id}:{change.conversation.user_id}"
+                    what = f"history imported, {change.conversation.message_count} messages"
                 else:
                     where = f"{change.conversation.page_id}:{change.conversation.user_id}"
                     message = change.message
@@ -696,6 +709,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="the token's lifetime as Meta gave it (expires_in), e.g. for Instagram Login",
     )
+    sub.add_argument(
+        "--no-history", action="store_true", help="do not import the page's past conversations"
+    )
+    sub.add_argument(
+        "--history-days", type=int, metavar="N", help="import N days of history (default 90)"
+    )
     sub = command(
         pages, "list", pages_list, "list pages: status, fields, token, last check and event"
     )
@@ -725,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--platform", choices=sorted(PLATFORMS))
     sub.add_argument("--page-id")
     sub.add_argument("--account")
+    clihistory.register(pages, command, _call, PLATFORMS)
 
     conversations = groups.add_parser("conversations", help="stored conversations")
     sub = command(

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from pagewire.graph import GraphClient, PagesApi
+from pagewire.graph import ConversationsApi, GraphClient, PagesApi
 from pagewire.kit import telemetry
 from pagewire.kit.authz import Policy
 from pagewire.kit.db import create_engine, sessions
@@ -22,6 +22,8 @@ from services.subscriptions.clients import RouterClient, TokensClient
 from services.subscriptions.config import SubscriptionsSettings
 from services.subscriptions.connections import Connections
 from services.subscriptions.details import DetailsReader
+from services.subscriptions.gaps import GapRepair
+from services.subscriptions.history import HistoryImporter, Pacer
 from services.subscriptions.metrics import refresh_pages
 from services.subscriptions.reconcile import Reconciler
 from services.subscriptions.server import SERVICE_NAME, SubscriptionsServiceServicer, register
@@ -49,7 +51,27 @@ async def main() -> None:
     vault = TokenCache(
         TokensClient(tokens_channel, settings.rpc_timeout_s), cache_ttl_from_env(current_environ())
     )
-    router = RouterClient(router_channel, settings.route_parked_timeout_s)
+    router = RouterClient(
+        router_channel, settings.route_parked_timeout_s, settings.ingest_timeout_s
+    )
+    conversations_api = ConversationsApi(graph)
+    pacer = Pacer(settings.history.calls_per_second)
+    history = HistoryImporter(
+        sessions(engine),
+        vault=vault,
+        api=conversations_api,
+        router=router,
+        pacer=pacer,
+        settings=settings.history,
+    )
+    gaps = GapRepair(
+        sessions(engine),
+        vault=vault,
+        api=conversations_api,
+        router=router,
+        pacer=pacer,
+        settings=settings.history,
+    )
     connections = Connections(
         sessions(engine),
         vault=vault,
@@ -57,6 +79,8 @@ async def main() -> None:
         router=router,
         default_fields=settings.default_fields,
         app_ids=settings.app_ids,
+        history_days=settings.history.days,
+        history_wake=history.wake,
     )
     reconciler = Reconciler(
         sessions(engine),
@@ -79,6 +103,8 @@ async def main() -> None:
             "graph_version": settings.graph.version,
             "appsecret_proof": settings.graph.appsecret_proof,
             "reconcile_interval_s": settings.reconcile.interval_s,
+            "history_calls_per_second": settings.history.calls_per_second,
+            "gap_repair_interval_s": settings.history.gap_interval_s,
             "tokens": settings.tokens_target,
             "router": settings.router_target,
         },
@@ -87,10 +113,12 @@ async def main() -> None:
     stop = asyncio.Event()
     loop: asyncio.Task[None] | None = None
     notices: asyncio.Task[None] | None = None
+    importing: asyncio.Task[None] | None = None
+    repairing: asyncio.Task[None] | None = None
 
     async def stop_reconcile() -> None:
         stop.set()
-        for task in (loop, notices):
+        for task in (loop, notices, importing, repairing):
             if task is not None:
                 # A run in progress gets a moment to record its results, then is cancelled.
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
@@ -108,7 +136,9 @@ async def main() -> None:
         closers.append(refreshing(lambda: refresh_pages(sessions(engine)), METRICS_REFRESH_S))
     service = await start_server(
         names=[SERVICE_NAME],
-        register=register(SubscriptionsServiceServicer(connections, reconciler, details)),
+        register=register(
+            SubscriptionsServiceServicer(connections, reconciler, details, history, gaps)
+        ),
         access=Policy.build(
             [SUBSCRIPTIONS_ACCESS], access, allow_unauthenticated=security.insecure
         ),
@@ -123,6 +153,9 @@ async def main() -> None:
     )
     if settings.reconcile.interval_s > 0:
         loop = asyncio.create_task(reconciler.loop(stop), name="reconcile")
+    importing = asyncio.create_task(history.loop(stop), name="history imports")
+    if settings.history.gap_interval_s > 0:
+        repairing = asyncio.create_task(gaps.loop(stop), name="gap repair")
     await serve_until_signal(service, drain=settings.drain_s, grace=settings.grace_s)
 
 

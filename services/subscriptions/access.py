@@ -33,6 +33,9 @@ SUBSCRIPTIONS_ACCESS = AccessTable(
         "Resubscribe": allow(OPERATORS, accounts=True),
         "ImportPages": allow(OPERATORS, accounts=True),
         "Reconcile": allow(OPERATORS, accounts=True),
+        # Past conversations read from Graph into the router's log: operators.
+        "ImportHistory": allow(OPERATORS, accounts=True),
+        "RepairGaps": allow(OPERATORS, accounts=True),
     },
 )
 

@@ -7,6 +7,8 @@ every call carries a timeout, and a peer that cannot be reached becomes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
 from pagewire.kit.errors import InvalidArgument, PagewireError
@@ -58,11 +60,27 @@ def _platform(name: str) -> int:
 
 
 class RouterClient:
-    """RouteParked, PageDisconnected, GetPageActivity and PurgePage, each with a deadline."""
+    """RouteParked, PageDisconnected, GetPageActivity, PurgePage and Ingest (history and gap
+    repair), each with a deadline."""
 
-    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, timeout_s: float, ingest_timeout_s: float = 10.0
+    ) -> None:
         self._stub = router_pb2_grpc.RouterServiceStub(channel)
         self._timeout = timeout_s
+        self._ingest_timeout = ingest_timeout_s
+
+    async def ingest(self, events: Sequence[events_pb2.Event]) -> tuple[int, int]:
+        """Appends imported events to the router's log; (new to it, already there) once
+        committed."""
+        request = router_pb2.IngestRequest(events=list(events))
+        try:
+            response = await self._stub.Ingest(
+                request, timeout=self._ingest_timeout, wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _domain_error("router", exc) from None
+        return response.stored, response.duplicates
 
     async def route_parked(
         self, platform: str, page_id: str, account_id: str, version: int = 0

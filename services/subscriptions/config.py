@@ -17,6 +17,7 @@ from pagewire.kit.settings import (
     grpc_target,
     hidden,
 )
+from services.subscriptions.history import MAX_DAYS, HistorySettings
 from services.subscriptions.reconcile import ReconcileSettings
 
 # Messenger's names are plural (messaging_referrals), Instagram's singular (messaging_referral).
@@ -72,10 +73,13 @@ class SubscriptionsSettings:
     database_url: str = hidden()  # may carry a password
     graph: GraphSettings = field(default_factory=GraphSettings)
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
     tokens_target: str = "127.0.0.1:50052"
     router_target: str = "127.0.0.1:50051"
     rpc_timeout_s: float = 2.0
     route_parked_timeout_s: float = 15.0
+    # Appending one result page of imported messages to the router's log.
+    ingest_timeout_s: float = 10.0
     # How often notices the router has not taken yet are looked for (each has its own
     # delay, doubling from 1 s to 5 min).
     notice_retry_s: float = 2.0
@@ -103,10 +107,12 @@ class SubscriptionsSettings:
             database_url=database_url(environ, "subscriptions"),
             graph=GraphSettings.from_env(environ),
             reconcile=reconcile_settings(environ),
+            history=history_settings(environ),
             tokens_target=grpc_target(environ, "tokens", 50052),
             router_target=grpc_target(environ, "router", 50051),
             rpc_timeout_s=env_float(environ, "RPC_TIMEOUT_S", 2.0, minimum=0.05),
             route_parked_timeout_s=env_float(environ, "ROUTE_PARKED_TIMEOUT_S", 15.0, minimum=0.1),
+            ingest_timeout_s=env_float(environ, "HISTORY_INGEST_TIMEOUT_S", 10.0, minimum=0.1),
             notice_retry_s=env_float(environ, "ROUTER_NOTICE_RETRY_S", 2.0, minimum=0.05),
             facebook_fields=_fields(environ, "FACEBOOK_FIELDS", FACEBOOK_FIELDS),
             instagram_fields=_fields(environ, "INSTAGRAM_FIELDS", INSTAGRAM_FIELDS),
@@ -135,4 +141,27 @@ def reconcile_settings(environ: Mapping[str, str]) -> ReconcileSettings:
         concurrency=env_int(environ, "RECONCILE_CONCURRENCY", 4, minimum=1, maximum=64),
         ig_refresh_before_days=refresh,
         ig_reauth_before_days=reauth,
+    )
+
+
+def history_settings(environ: Mapping[str, str]) -> HistorySettings:
+    """History import's window, pace and lease; gap repair's period and reach."""
+    return HistorySettings(
+        days=env_int(environ, "HISTORY_DAYS", 90, minimum=1, maximum=MAX_DAYS),
+        calls_per_second=env_float(environ, "HISTORY_CALLS_PER_SECOND", 2.0, minimum=0.01),
+        conversations_per_call=env_int(
+            environ, "HISTORY_CONVERSATIONS_PER_CALL", 25, minimum=1, maximum=100
+        ),
+        messages_per_call=env_int(
+            environ, "HISTORY_MESSAGES_PER_CALL", 100, minimum=1, maximum=100
+        ),
+        concurrency=env_int(environ, "HISTORY_CONCURRENCY", 2, minimum=1, maximum=64),
+        lease_s=env_float(environ, "HISTORY_LEASE_S", 30.0, minimum=0.5),
+        poll_s=env_float(environ, "HISTORY_POLL_S", 5.0, minimum=0.05),
+        max_wait_s=env_float(environ, "HISTORY_MAX_WAIT_S", 900.0, minimum=0.1),
+        gap_interval_s=env_float(environ, "GAP_REPAIR_INTERVAL_S", 3600.0),
+        gap_days=env_float(environ, "GAP_REPAIR_DAYS", 3.0, minimum=0.01),
+        gap_messages=env_int(environ, "GAP_REPAIR_MESSAGES", 25, minimum=1, maximum=100),
+        gap_grace_s=env_float(environ, "GAP_REPAIR_GRACE_S", 300.0),
+        gap_conversations=env_int(environ, "GAP_REPAIR_CONVERSATIONS", 200, minimum=1),
     )

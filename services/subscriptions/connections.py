@@ -11,7 +11,7 @@ transaction (notices.py sends it, and again until the router has taken it).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -36,6 +36,7 @@ from services.subscriptions.store import Outcome, PageConnection
 from services.subscriptions.subscribing import Subscriber
 
 log = logging.getLogger("pagewire.subscriptions")
+DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,12 @@ class Connections:
         router: Router,
         default_fields: Mapping[str, Sequence[str]],
         app_ids: Mapping[str, str] | None = None,
+        history_days: int = 90,
+        history_wake: Callable[[], None] = lambda: None,
     ) -> None:
         self._sessions = sessions
+        self._history_days = history_days
+        self._history_wake = history_wake
         self._vault = vault
         self._graph = graph
         self._router = router
@@ -107,8 +112,13 @@ class Connections:
         move: bool,
         token_expires_at_ms: int = 0,
         human_agent: bool = False,
+        history_days: int | None = 0,
     ) -> Connected:
         """Stores the token, subscribes and confirms, stores the connection, routes parked events.
+
+        Unless `history_days` is None the page's history import is asked for in the same
+        transaction (0: the default window); a page whose import already ran or runs is
+        left as it is (`pages history` starts one again).
 
         Idempotent for the same account. Graph refusing is not an error of this
         call: the connection is stored SUBSCRIBE_FAILED (or REAUTH_REQUIRED) for
@@ -150,8 +160,22 @@ class Connections:
                 notice = await store.note_for_router(
                     session, platform, page_id, account_id, now_ms()
                 )
+                if history_days is not None:
+                    days = history_days or self._history_days
+                    await store.request_history(
+                        session,
+                        platform,
+                        page_id,
+                        days=days,
+                        since_ms=now_ms() - days * DAY_MS,
+                        now=now_ms(),
+                        restart=False,
+                        keep_finished=True,
+                    )
         except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None
+        if history_days is not None:
+            self._history_wake()
         if existing is not None and existing.account_id != account_id:
             log.info(
                 "page moved to another account",
@@ -241,6 +265,8 @@ class Connections:
         try:
             async with self._sessions() as session, session.begin():
                 await store.delete_connection(session, platform, page_id)
+                # An import running elsewhere finds its rows gone at its next write and stops.
+                await store.forget_history(session, platform, page_id)
                 notice = await store.note_for_router(session, platform, page_id, "", now_ms())
         except DB_UNAVAILABLE as exc:
             raise unavailable(exc) from None

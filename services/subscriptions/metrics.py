@@ -1,5 +1,5 @@
 """The subscriptions service's metrics: pages by status, reconcile checks and repairs,
-router notices."""
+router notices, history imports and gap repair."""
 
 from __future__ import annotations
 
@@ -39,12 +39,46 @@ ROUTER_NOTICES_PENDING = Gauge(
     " every 30 s; above 0 for long means the router keeps refusing or cannot be reached.",
 )
 
+HISTORY_CALLS = Counter(
+    "pagewire_history_calls",
+    "Conversations API calls made by history import and gap repair, by edge"
+    " (conversations, messages) and result (ok, or Graph's error code).",
+    ["platform", "edge", "result"],
+)
+HISTORY_MESSAGES = Counter(
+    "pagewire_history_messages",
+    "Messages history import read from Graph: stored (new to the router's log) or"
+    " duplicate (a webhook, or an earlier import, had stored them).",
+    ["platform", "result"],
+)
+HISTORY_ERRORS = Counter(
+    "pagewire_history_errors",
+    "Graph errors met by history import, by code (rate limits are waited out, others fail"
+    " the import).",
+    ["platform", "code"],
+)
+HISTORY_IMPORTS = Counter(
+    "pagewire_history_imports",
+    "History imports that ended, by outcome (done, failed).",
+    ["platform", "outcome"],
+)
+GAPS_FILLED = Counter(
+    "pagewire_history_gaps_filled",
+    "Messages gap repair found in Graph that never came as a webhook, and stored.",
+    ["platform"],
+)
+
 for _outcome in ("delivered", "failed"):
     ROUTER_NOTICES.labels(_outcome)
 for _outcome in CHECK_OUTCOMES:
     RECONCILE_CHECKS.labels(_outcome)
 for _platform in PLATFORMS:
     RECONCILE_REPAIRS.labels(_platform.lower())
+    GAPS_FILLED.labels(_platform.lower())
+    for _result in ("stored", "duplicate"):
+        HISTORY_MESSAGES.labels(_platform.lower(), _result)
+    for _outcome in ("done", "failed"):
+        HISTORY_IMPORTS.labels(_platform.lower(), _outcome)
 
 
 async def refresh_pages(sessions: async_sessionmaker[AsyncSession]) -> None:

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from pagewire.graph import ManagedPage, RefreshedToken, SubscribedApp
 from pagewire.kit.settings import Secret
+from pagewire.proto import events_pb2
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class Router(Protocol):
     ) -> dict[str, int]: ...
 
     async def purge_page(self, platform: str, page_id: str) -> dict[str, int]: ...
+
+    async def ingest(self, events: Sequence[events_pb2.Event]) -> tuple[int, int]: ...
 
 
 class Graph(Protocol):

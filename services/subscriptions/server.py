@@ -17,6 +17,8 @@ from services.subscriptions.access import SERVICE_NAME, require_page
 from services.subscriptions.config import FIELD_NAME
 from services.subscriptions.connections import Connections
 from services.subscriptions.details import Details, DetailsReader
+from services.subscriptions.gaps import GapRepair
+from services.subscriptions.history import MAX_DAYS, HistoryImporter, HistoryView
 from services.subscriptions.reconcile import Check, Reconciler
 from services.subscriptions.store import PageConnection
 
@@ -36,6 +38,12 @@ _TOKEN_STATE = {
     "REAUTH_REQUIRED": subscriptions_pb2.TOKEN_REAUTH_REQUIRED,
     "MISSING": subscriptions_pb2.TOKEN_MISSING,
     "UNKNOWN": subscriptions_pb2.TOKEN_UNKNOWN,
+}
+_HISTORY_STATE = {
+    "PENDING": subscriptions_pb2.HISTORY_PENDING,
+    "RUNNING": subscriptions_pb2.HISTORY_RUNNING,
+    "DONE": subscriptions_pb2.HISTORY_DONE,
+    "FAILED": subscriptions_pb2.HISTORY_FAILED,
 }
 _OUTCOME = {
     "OK": subscriptions_pb2.CHECK_OK,
@@ -90,8 +98,38 @@ def page_ids_of(page_ids: Sequence[str]) -> list[str]:
     return list(page_ids)
 
 
-def to_proto(page: PageConnection, details: Details | None = None) -> subscriptions_pb2.Page:
+def days_of(days: int, name: str) -> int:
+    """A history window in days: 0 (the default) to MAX_DAYS."""
+    if not 0 <= days <= MAX_DAYS:
+        raise InvalidArgument(name, f"must be 0 (the default) to {MAX_DAYS} days")
+    return days
+
+
+def history_to_proto(view: HistoryView) -> subscriptions_pb2.History:
+    return subscriptions_pb2.History(
+        state=_HISTORY_STATE[view.state],
+        since_ms=view.since_ms,
+        days=view.days,
+        conversations_total=view.conversations_total,
+        conversations_done=view.conversations_done,
+        messages_read=view.messages_read,
+        messages_stored=view.messages_stored,
+        graph_calls=view.graph_calls,
+        error=view.error,
+        error_code=view.error_code,
+        requested_at_ms=view.requested_at_ms,
+        started_at_ms=view.started_at_ms,
+        finished_at_ms=view.finished_at_ms,
+        updated_at_ms=view.updated_at_ms,
+    )
+
+
+def to_proto(
+    page: PageConnection, details: Details | None = None, history: HistoryView | None = None
+) -> subscriptions_pb2.Page:
     extra = {}
+    if history is not None:
+        extra["history"] = history_to_proto(history)
     if details is not None:
         token = details.token
         extra["token"] = subscriptions_pb2.PageToken(
@@ -143,17 +181,28 @@ class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceSe
     SUBSCRIPTIONS_ACCESS (services/subscriptions/access.py), each for its accounts."""
 
     def __init__(
-        self, connections: Connections, reconciler: Reconciler, details: DetailsReader
+        self,
+        connections: Connections,
+        reconciler: Reconciler,
+        details: DetailsReader,
+        history: HistoryImporter,
+        gaps: GapRepair,
     ) -> None:
         self._connections = connections
         self._reconciler = reconciler
         self._details = details
+        self._history = history
+        self._gaps = gaps
 
     async def _pages(self, pages: list[PageConnection], with_details: bool):  # type: ignore[no-untyped-def]
+        histories = await self._history.views([(p.platform, p.page_id) for p in pages])
         if not with_details:
-            return [to_proto(page) for page in pages]
+            return [to_proto(p, None, histories.get((p.platform, p.page_id))) for p in pages]
         details = await self._details.read(pages)
-        return [to_proto(page, d) for page, d in zip(pages, details, strict=True)]
+        return [
+            to_proto(p, d, histories.get((p.platform, p.page_id)))
+            for p, d in zip(pages, details, strict=True)
+        ]
 
     async def ConnectPage(self, request, context):  # type: ignore[no-untyped-def]
         platform, page_id = page_of(request.platform, request.page_id)
@@ -162,6 +211,9 @@ class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceSe
         fields = fields_of(list(request.subscribed_fields))
         if request.token_expires_at_ms < 0:
             raise InvalidArgument("token_expires_at_ms", "must be 0 (unknown) or a time in ms")
+        history_days = days_of(request.history_days, "history_days")
+        if request.no_history and history_days:
+            raise InvalidArgument("history_days", "give no_history or history_days, not both")
         principal = current()
         principal.require(account_id)
         existing = await self._connections.find(platform, page_id)
@@ -177,10 +229,10 @@ class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceSe
             move=request.move,
             token_expires_at_ms=request.token_expires_at_ms,
             human_agent=request.human_agent,
+            history_days=None if request.no_history else history_days,
         )
-        return subscriptions_pb2.ConnectPageResponse(
-            page=to_proto(result.page), parked_routed=result.parked_routed
-        )
+        (shown,) = await self._pages([result.page], False)
+        return subscriptions_pb2.ConnectPageResponse(page=shown, parked_routed=result.parked_routed)
 
     async def DisconnectPage(self, request, context):  # type: ignore[no-untyped-def]
         platform, page_id = page_of(request.platform, request.page_id)
@@ -276,6 +328,32 @@ class SubscriptionsServiceServicer(subscriptions_pb2_grpc.SubscriptionsServiceSe
             failed=counts["FAILED"],
             skipped=counts["SKIPPED"],
             pages=[check_to_proto(check) for check in checks],
+        )
+
+    async def ImportHistory(self, request, context):  # type: ignore[no-untyped-def]
+        platform, page_id = page_of(request.platform, request.page_id)
+        days = days_of(request.days, "days")
+        await require_page(current(), self._connections, platform, page_id)
+        await self._connections.get(platform, page_id)  # NotFound when not connected
+        view = await self._history.request(platform, page_id, days=days, restart=request.restart)
+        return subscriptions_pb2.ImportHistoryResponse(history=history_to_proto(view))
+
+    async def RepairGaps(self, request, context):  # type: ignore[no-untyped-def]
+        platform = page_id = ""
+        if request.page_id:
+            platform, page_id = page_of(request.platform, request.page_id)
+            await require_page(current(), self._connections, platform, page_id)
+            await self._connections.get(platform, page_id)
+        else:
+            if request.platform:
+                raise InvalidArgument("page_id", "is required with platform")
+            current().require_every_account("every page (give platform and page_id)")
+        report = await self._gaps.run(platform, page_id)
+        return subscriptions_pb2.RepairGapsResponse(
+            pages=report.pages,
+            conversations_checked=report.conversations_checked,
+            gaps_filled=report.gaps_filled,
+            errors=report.errors,
         )
 
     async def Resubscribe(self, request, context):  # type: ignore[no-untyped-def]

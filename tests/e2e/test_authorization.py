@@ -57,7 +57,7 @@ READERS = {"cli", "app"}
 # without a row below.
 EXPECTED: dict[str, dict[str, set[str]]] = {
     ROUTER: {
-        "Ingest": {"gateway"},
+        "Ingest": {"gateway", "subscriptions"},
         "RouteParked": {"subscriptions"},
         "PageDisconnected": {"subscriptions"},
         "GetPageActivity": {"subscriptions"},
@@ -82,6 +82,8 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "Resubscribe": {"cli"},
         "ImportPages": {"cli"},
         "Reconcile": {"cli"},
+        "ImportHistory": {"cli"},
+        "RepairGaps": {"cli"},
     },
     TOKENS: {
         "DecryptToken": {"router", "subscriptions"},
@@ -129,6 +131,9 @@ REQUESTS: dict[str, dict[str, Callable[[], Message]]] = {
         "Resubscribe": lambda: subscriptions_pb2.ResubscribeRequest(),
         "ImportPages": lambda: subscriptions_pb2.ImportPagesRequest(),
         "Reconcile": lambda: subscriptions_pb2.ReconcileRequest(platform=FB, page_id="1"),
+        # No page named: refused before anything is asked of Graph.
+        "ImportHistory": lambda: subscriptions_pb2.ImportHistoryRequest(),
+        "RepairGaps": lambda: subscriptions_pb2.RepairGapsRequest(platform=FB),
     },
     TOKENS: {
         "DecryptToken": lambda: tokens_pb2.DecryptTokenRequest(

@@ -40,7 +40,7 @@ async def test_reconcile_repairs_and_list_shows_it(
     header, *rows = table.splitlines()
     assert header.split() == [
         "PLATFORM", "PAGE", "ACCOUNT", "STATUS", "FIELDS", "TOKEN", "LAST", "CHECK",
-        "REPAIRS", "LAST", "EVENT", "LAST", "ERROR",
+        "REPAIRS", "LAST", "EVENT", "HISTORY", "LAST", "ERROR",
     ]  # fmt: skip
     (shoes,) = [row for row in rows if PAGE in row]
     assert "SUBSCRIBED" in shoes and "active" in shoes and "2026-05-07T" in shoes

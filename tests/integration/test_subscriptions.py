@@ -14,7 +14,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pagewire import fakegraph
-from pagewire.graph import Clock, GraphClient, GraphError, GraphSettings, PagesApi
+from pagewire.graph import (
+    Clock,
+    ConversationsApi,
+    GraphClient,
+    GraphError,
+    GraphSettings,
+    PagesApi,
+)
 from pagewire.kit import migrate
 from pagewire.kit.authz import Policy
 from pagewire.kit.channels import open_channel
@@ -42,6 +49,8 @@ from services.subscriptions.config import (
 )
 from services.subscriptions.connections import Connections
 from services.subscriptions.details import DetailsReader
+from services.subscriptions.gaps import GapRepair
+from services.subscriptions.history import HistoryImporter, Pacer
 from services.subscriptions.notices import Notices
 from services.subscriptions.reconcile import Reconciler, ReconcileSettings
 from services.subscriptions.store import PageConnection
@@ -231,10 +240,30 @@ async def build_stack(
             clock_ms=(lambda: int(clock.now * 1000)) if clock is not None else now_ms,
         )
         details = DetailsReader(vault, router_client, timeout_s=2.0)
+        # The importer is not started here (no loop): imports asked for stay PENDING.
+        conversations_api, pacer = ConversationsApi(http), Pacer(100.0)
+        history = HistoryImporter(
+            sessions(engine),
+            vault=vault,
+            api=conversations_api,
+            router=router_client,
+            pacer=pacer,
+            settings=settings.history,
+        )
+        gaps = GapRepair(
+            sessions(engine),
+            vault=vault,
+            api=conversations_api,
+            router=router_client,
+            pacer=pacer,
+            settings=settings.history,
+        )
         subs_service = await start_server(
             names=[sub_server.SERVICE_NAME],
             register=sub_server.register(
-                sub_server.SubscriptionsServiceServicer(connections, reconciler, details)
+                sub_server.SubscriptionsServiceServicer(
+                    connections, reconciler, details, history, gaps
+                )
             ),
             access=Policy.build([SUBSCRIPTIONS_ACCESS], allow_unauthenticated=True),
             port=0,
