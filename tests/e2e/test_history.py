@@ -16,7 +16,7 @@ from pagewire import fakegraph
 from services.tokens.vault import generate_keyring
 from tests.e2e.conftest import PAGE_TOKENS, applied, cli, query
 from tests.support.stack import APP_SECRET, Stack
-from tests.support.waiting import wait_for
+from tests.support.waiting import free_port, wait_for
 
 PAGE = "109384756201938"
 IG_ACCOUNT = "17841405822304914"
@@ -50,8 +50,14 @@ async def history_stack(
         tls=True,
     )
     stack.env.update(HISTORY_ENV)
+    # Subscriptions' /metrics, where gap repair's counter is read.
+    stack.ports["subscriptions_metrics"] = free_port()
     try:
-        for service in ("tokens", "subscriptions", "router", "gateway"):
+        await stack.start("tokens")
+        await stack.start(
+            "subscriptions", PAGEWIRE_METRICS_PORT=str(stack.ports["subscriptions_metrics"])
+        )
+        for service in ("router", "gateway"):
             await stack.start(service)
         yield stack
     finally:
@@ -373,6 +379,7 @@ async def test_gap_repair_finds_what_meta_never_delivered(
     # A gap is news: consumers are told of the message.
     assert "MESSAGE_CREATED" in feed_kinds(database_url)
     assert "gap filled" in history_stack.logs()
+    assert gaps_counted(history_stack) == 1.0
 
     again = await cli(history_stack, "pages", "repair-gaps")
     assert "0 message(s) Meta never delivered" in again.stdout
@@ -383,3 +390,36 @@ async def _script(graph: fakegraph.FakeGraph, page_id: str = PAGE) -> dict:  # t
         answer = await client.get("/_fake/history", params={"page_id": page_id})
     assert answer.status_code == 200, answer.text
     return answer.json()
+
+
+def gaps_counted(stack: Stack) -> float:
+    """pagewire_history_gaps_filled_total{platform="facebook"} on subscriptions' /metrics."""
+    port = stack.ports["subscriptions_metrics"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith('pagewire_history_gaps_filled_total{platform="facebook"}'):
+            return float(line.split()[-1])
+    raise AssertionError("pagewire_history_gaps_filled_total is not exported")
+
+
+async def test_an_instagram_account_is_imported_with_usernames(
+    history_stack: Stack, graph: fakegraph.FakeGraph, database_url: str
+) -> None:
+    script = await generate(graph, IG_ACCOUNT, conversations=2, messages=30)
+    await connect(history_stack, IG_ACCOUNT)
+    row = await done(database_url, IG_ACCOUNT)
+    assert row["state"] == "DONE" and row["read"] == 60 and row["stored"] == 60
+    assert_complete(database_url, script, IG_ACCOUNT)
+    # Conversations API calls for an Instagram account go to the Instagram host, asking
+    # for the instagram platform.
+    async with httpx.AsyncClient(base_url=graph.url) as client:
+        recorded = (await client.get("/_fake/requests")).json()["requests"]
+    listing = [r for r in recorded if r["path"].endswith(f"{IG_ACCOUNT}/conversations")]
+    assert listing and all(r["query"].get("platform") == "instagram" for r in listing)
+    usernames = query(
+        database_url,
+        "SELECT k.user_id, k.username FROM router.contacts k WHERE k.page_id = %s",
+        IG_ACCOUNT,
+    )
+    expected = {c["user"]["id"]: c["user"]["username"] for c in script["conversations"]}
+    assert dict(usernames) == expected
