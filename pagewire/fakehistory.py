@@ -64,12 +64,8 @@ from __future__ import annotations
 import base64
 import bisect
 import json
-import mimetypes
-import random
-import re
-import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -78,389 +74,34 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pagewire.fakecomments import missing
+from pagewire.fakehistoryscript import (
+    DEFAULT_LIMIT,
+    FIELD_NAME,
+    GRAPH_PLATFORMS,
+    INSTAGRAM,
+    MAX_GENERATED,
+    MAX_LIMIT,
+    MAX_PER_POST,
+    Attachment,
+    BadHistory,
+    Conversation,
+    HistoryState,
+    Ids,
+    Message,
+    PageHistory,
+    check_unique,
+    conversation_from_json,
+    digit_id,
+    generated,
+    int_field,
+    iso,
+    message_from_json,
+    platform_of,
+    script,
+    script_message,
+    string_field,
+)
 from pagewire.fakesend import INSTAGRAM_PATH, EchoTarget, SendState, deliver_soon
-
-FACEBOOK = "facebook"
-INSTAGRAM = "instagram"
-GRAPH_PLATFORMS = {"messenger": FACEBOOK, "instagram": INSTAGRAM}
-DEFAULT_LIMIT = 25
-MAX_LIMIT = 100
-MAX_PER_POST = 20
-MAX_GENERATED = 100_000
-ATTACHMENT_TYPES = ("image", "video", "audio", "file")
-_DEFAULT_MIME = {
-    "image": "image/jpeg",
-    "video": "video/mp4",
-    "audio": "audio/mpeg",
-    "file": "application/pdf",
-}
-# People of a generated history: (Messenger name, Instagram username).
-_PEOPLE = (
-    ("Ana Morales", "ana.morales"),
-    ("José Núñez", "jose.nunez"),
-    ("Zoë Brontë", "zoe.bronte"),
-    ("Łukasz Wiśniewski", "lukasz.w"),
-    ("Chloé Dubois", "chloe_dubois"),
-    ("Mei Lin 林美", "meilin88"),
-    ("Søren Åberg", "soren.aberg"),
-    ("Ahmed Hassan", "ahmed.h"),
-    ("Yuki Tanaka 田中", "yuki_tanaka"),
-    ("Olga Petrova", "olga.petrova"),
-)
-_USER_TEXTS = (
-    "Hola, ¿tienen talla 38?",
-    "Is this still available?",
-    "Merci beaucoup ! 🙏",
-    "¿Cuánto cuesta el envío a Córdoba?",
-    "Можно оплатить картой?",
-    "好的，谢谢！",
-    "👍",
-    "Can I change my order? It's #A-10293",
-    "I'll pick it up tomorrow\naround 5pm",
-    "Danke schön — bis morgen",
-    "شكرا جزيلا",
-    'Is the "blue" one <really> 100% cotton & washable?',
-    "We're coming as a family 👩‍👩‍👧 from 🇦🇷",
-)
-_PAGE_TEXTS = (
-    "Hi! Thanks for writing to us 😊",
-    "Sí, la tenemos en 38 y 39.",
-    "Your order has shipped 📦",
-    "Nous vous répondons dans l'heure.",
-    "Let me check that for you.",
-    "¡Gracias a vos! 🙌",
-    "You can pick it up at Calle Mayor 12, 2º B.",
-)
-_FIELD_NAME = re.compile(r"\s*([A-Za-z_]+)")
-
-
-class BadHistory(ValueError):
-    """A control body that cannot be used; its message says why."""
-
-
-@dataclass
-class Attachment:
-    """One attachment of a scripted message."""
-
-    type: str
-    url: str
-    id: str
-    name: str
-    mime_type: str
-    size: int
-    preview_url: str
-
-
-@dataclass
-class Message:
-    """One scripted message; `seq` orders messages of the same millisecond."""
-
-    id: str
-    from_page: bool
-    text: str
-    created_time_ms: int
-    attachments: list[Attachment] = field(default_factory=list)
-    deleted: bool = False
-    seq: int = 0
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.created_time_ms, self.seq)
-
-
-@dataclass
-class Conversation:
-    """A Page's conversation with one person; messages oldest first, never empty."""
-
-    id: str
-    user_id: str
-    name: str
-    username: str
-    messages: list[Message]
-
-    @property
-    def key(self) -> tuple[int, int]:
-        """Where the conversation sorts: its newest message."""
-        return self.messages[-1].key
-
-
-@dataclass
-class PageHistory:
-    """Everything the Conversations API answers about one Page or Instagram account."""
-
-    page_id: str
-    platform: str
-    page_name: str
-    conversations: list[Conversation]
-
-
-@dataclass
-class HistoryState:
-    """The scripted histories, the answers' usage headers, and where webhooks go."""
-
-    pages: dict[str, PageHistory] = field(default_factory=dict)
-    usage_headers: dict[str, str] = field(default_factory=dict)
-    target: EchoTarget | None = None
-    webhook_statuses: list[int] = field(default_factory=list)
-    serial: int = 0
-
-    def person(self, user_id: str) -> Conversation | None:
-        """The scripted conversation of this person, whichever page it is on."""
-        for page in self.pages.values():
-            for conversation in page.conversations:
-                if conversation.user_id == user_id:
-                    return conversation
-        return None
-
-    def reset(self) -> None:
-        self.pages.clear()
-        self.usage_headers.clear()
-        self.target = None
-        self.webhook_statuses.clear()
-        self.serial = 0
-
-    def next_seq(self) -> int:
-        self.serial += 1
-        return self.serial
-
-    def conversation(self, conversation_id: str) -> tuple[PageHistory, Conversation] | None:
-        for page in self.pages.values():
-            for conversation in page.conversations:
-                if conversation.id == conversation_id:
-                    return page, conversation
-        return None
-
-
-class _Ids:
-    """Ids in Meta's shapes, drawn from a seeded generator so a script is reproducible."""
-
-    def __init__(self, seed: Any, platform: str, page_id: str) -> None:
-        self.rng = random.Random(seed)
-        self.platform = platform
-        self.page_id = page_id
-
-    def _b64(self, text: str | bytes) -> str:
-        raw = text.encode() if isinstance(text, str) else text
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    def digits(self, length: int) -> str:
-        return str(self.rng.randrange(10 ** (length - 1), 10**length))
-
-    def user(self) -> str:
-        return self.digits(17 if self.platform == INSTAGRAM else 16)
-
-    def conversation(self) -> str:
-        if self.platform == INSTAGRAM:
-            thread = f"1:IGMessageThread:{self.page_id}:{self.digits(38)}"
-            return "aWdfZAG06" + self._b64(thread)
-        return "t_" + self.digits(17)
-
-    def mid(self) -> str:
-        if self.platform == INSTAGRAM:
-            item = f"{self.page_id}:{self.digits(38)}:{self.digits(38)}"
-            return "aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOj" + self._b64(item)
-        return "m_" + self._b64(self.rng.randbytes(64))
-
-    def attachment(self) -> str:
-        return self.digits(16)
-
-
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(ms / 1000))
-
-
-def _string(body: Mapping[str, Any], key: str, default: str = "") -> str:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise BadHistory(f"{key} must be a string")
-    return value
-
-
-def _int(body: Mapping[str, Any], key: str, default: int | None, low: int, high: int) -> int:
-    value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise BadHistory(f"{key} must be an integer from {low} to {high}")
-    return value
-
-
-def _digit_id(body: Mapping[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value.isdigit():
-        raise BadHistory(f"{key} (a string of digits) is required")
-    return value
-
-
-def _platform(body: Mapping[str, Any]) -> str:
-    platform = _string(body, "platform", FACEBOOK).lower()
-    if platform not in (FACEBOOK, INSTAGRAM):
-        raise BadHistory("platform must be facebook or instagram")
-    return platform
-
-
-def _attachment(raw: Any, ids: _Ids) -> Attachment:
-    if not isinstance(raw, dict):
-        raise BadHistory("an attachment must be an object")
-    kind = _string(raw, "type")
-    if kind not in ATTACHMENT_TYPES:
-        raise BadHistory(f"attachment type must be one of {', '.join(ATTACHMENT_TYPES)}")
-    url = _string(raw, "url")
-    if not url.startswith(("http://", "https://")):
-        raise BadHistory("an attachment needs an http(s) url")
-    name = _string(raw, "name") or url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-    guessed = mimetypes.guess_type(name)[0]
-    return Attachment(
-        type=kind,
-        url=url,
-        id=_string(raw, "id") or ids.attachment(),
-        name=name or f"{kind}.bin",
-        mime_type=_string(raw, "mime_type") or guessed or _DEFAULT_MIME[kind],
-        size=_int(raw, "size", ids.rng.randrange(2_000, 5_000_000), 0, 2**53),
-        preview_url=_string(raw, "preview_url") or f"{url}{'&' if '?' in url else '?'}preview=1",
-    )
-
-
-def message_from_json(raw: Any, ids: _Ids, now_ms: int | None) -> Message:
-    """A scripted message (`created_time_ms` defaults to `now_ms`, None: required); raises
-    BadHistory."""
-    if not isinstance(raw, dict):
-        raise BadHistory("a message must be an object")
-    sender = _string(raw, "from", "user")
-    if sender not in ("user", "page"):
-        raise BadHistory('from must be "user" or "page"')
-    attachments = raw.get("attachments") or []
-    if not isinstance(attachments, list):
-        raise BadHistory("attachments must be a list")
-    deleted = raw.get("deleted", False)
-    if not isinstance(deleted, bool):
-        raise BadHistory("deleted must be true or false")
-    message = Message(
-        id=_string(raw, "id") or ids.mid(),
-        from_page=sender == "page",
-        text=_string(raw, "text"),
-        created_time_ms=_int(raw, "created_time_ms", now_ms, 0, 2**53),
-        attachments=[_attachment(a, ids) for a in attachments],
-        deleted=deleted,
-    )
-    if not (message.text or message.attachments or message.deleted):
-        raise BadHistory(f"message {message.id} needs a text or attachments")
-    return message
-
-
-def _conversation(raw: Any, ids: _Ids) -> Conversation:
-    if not isinstance(raw, dict):
-        raise BadHistory("a conversation must be an object")
-    user = raw.get("user")
-    if not isinstance(user, dict):
-        raise BadHistory("every conversation needs a user object")
-    user_id = _digit_id(user, "id")
-    messages = raw.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadHistory(f"the conversation with {user_id} needs at least one message")
-    conversation_id = _string(raw, "id") or ids.conversation()
-    if conversation_id.isdigit() or "/" in conversation_id:
-        raise BadHistory("a conversation id is not all digits and has no '/' (t_…, aWdf…)")
-    parsed = sorted(
-        (message_from_json(m, ids, None) for m in messages), key=lambda m: m.created_time_ms
-    )
-    return Conversation(
-        id=conversation_id,
-        user_id=user_id,
-        name=_string(user, "name") or f"User {user_id[-4:]}",
-        username=_string(user, "username") or f"user{user_id[-4:]}",
-        messages=parsed,
-    )
-
-
-def _check_unique(history: PageHistory, others: Iterable[PageHistory]) -> None:
-    taken_conversations = {c.id for p in others for c in p.conversations}
-    taken_mids = {m.id for p in others for c in p.conversations for m in c.messages}
-    users: set[str] = set()
-    for conversation in history.conversations:
-        if conversation.id in taken_conversations:
-            raise BadHistory(f"conversation id {conversation.id} is used twice")
-        if conversation.user_id in users:
-            raise BadHistory(f"user {conversation.user_id} has two conversations with the page")
-        taken_conversations.add(conversation.id)
-        users.add(conversation.user_id)
-        for message in conversation.messages:
-            if message.id in taken_mids:
-                raise BadHistory(f"mid {message.id} is used twice")
-            taken_mids.add(message.id)
-
-
-def _generated(body: Mapping[str, Any], ids: _Ids, now_ms: int) -> list[Conversation]:
-    """The seeded conversations of a /_fake/history/generate body."""
-    count = _int(body, "conversations", 3, 1, 1000)
-    each = _int(body, "messages", 150, 1, MAX_GENERATED)
-    if count * each > MAX_GENERATED:
-        raise BadHistory(f"at most {MAX_GENERATED} messages in all")
-    newest = _int(body, "newest_ms", now_ms, 0, 2**53)
-    step = _int(body, "step_ms", 60_000, 1, 86_400_000)
-    attachments_every = _int(body, "attachments_every", 10, 0, MAX_GENERATED)
-    page_every = _int(body, "page_every", 3, 0, MAX_GENERATED)
-    deleted = _int(body, "deleted", 1, 0, MAX_GENERATED)
-    rng = ids.rng
-    people = rng.sample(_PEOPLE, len(_PEOPLE))
-    # Each conversation's newest message a little older than the previous one's.
-    gap = step // 3 + 1
-    conversations = []
-    for c in range(count):
-        name, username = people[c % len(people)]
-        if c >= len(people):
-            name, username = f"{name} {c // len(people) + 1}", f"{username}{c // len(people) + 1}"
-        first = newest - c * gap - (each - 1) * step
-        if first < 0:
-            raise BadHistory("newest_ms is too small for that many messages")
-        unsent = set(rng.sample(range(each - 1), min(deleted, each - 1)))
-        messages = []
-        for i in range(each):
-            n = i + 1
-            from_page = bool(page_every) and n % page_every == 0
-            attachments = []
-            text = rng.choice(_PAGE_TEXTS if from_page else _USER_TEXTS)
-            if attachments_every and n % attachments_every == 0:
-                kind = ("image", "video", "file")[(n // attachments_every) % 3]
-                extension = {"image": "jpg", "video": "mp4", "file": "pdf"}[kind]
-                url = f"https://cdn.fakegraph.example/{ids.page_id}/c{c}/m{n}.{extension}"
-                attachments = [_attachment({"type": kind, "url": url}, ids)]
-                text = ""
-            messages.append(
-                Message(ids.mid(), from_page, text, first + i * step, attachments, i in unsent)
-            )
-        conversations.append(Conversation(ids.conversation(), ids.user(), name, username, messages))
-    return conversations
-
-
-def script(page: PageHistory, page_name: str) -> dict[str, Any]:
-    """The page's history as the control API shows it (and takes it back)."""
-    return {
-        "ok": True,
-        "page_id": page.page_id,
-        "platform": page.platform,
-        "page_name": page_name,
-        "conversations": [
-            {
-                "id": c.id,
-                "user": {"id": c.user_id, "name": c.name, "username": c.username},
-                "updated_time_ms": c.messages[-1].created_time_ms,
-                "messages": [_script_message(m) for m in c.messages],
-            }
-            for c in page.conversations
-        ],
-    }
-
-
-def _script_message(message: Message) -> dict[str, Any]:
-    return {
-        "id": message.id,
-        "from": "page" if message.from_page else "user",
-        "text": message.text,
-        "created_time_ms": message.created_time_ms,
-        "attachments": [vars(a).copy() for a in message.attachments],
-        "deleted": message.deleted,
-    }
 
 
 def _field_names(raw: str) -> set[str]:
@@ -469,7 +110,7 @@ def _field_names(raw: str) -> set[str]:
     for i, char in enumerate(raw + ","):
         depth += {"{": 1, "(": 1, "}": -1, ")": -1}.get(char, 0)
         if char == "," and depth <= 0:
-            found = _FIELD_NAME.match(raw[start:i])
+            found = FIELD_NAME.match(raw[start:i])
             if found:
                 names.add(found.group(1))
             start = i + 1
@@ -614,7 +255,7 @@ class HistoryApi:
         def view(conversation: Conversation) -> dict[str, Any]:
             shown: dict[str, Any] = {"id": conversation.id}
             if "updated_time" in fields:
-                shown["updated_time"] = _iso(conversation.messages[-1].created_time_ms)
+                shown["updated_time"] = iso(conversation.messages[-1].created_time_ms)
             if "participants" in fields:
                 people = [self._party(page, conversation, of_page) for of_page in (False, True)]
                 shown["participants"] = {"data": people}
@@ -639,7 +280,7 @@ class HistoryApi:
         def view(message: Message) -> dict[str, Any]:
             shown: dict[str, Any] = {"id": message.id}
             if "created_time" in fields:
-                shown["created_time"] = _iso(message.created_time_ms)
+                shown["created_time"] = iso(message.created_time_ms)
             if "from" in fields:
                 shown["from"] = own if message.from_page else user
             if "to" in fields:
@@ -666,15 +307,15 @@ class HistoryApi:
 
     def _store(self, history: PageHistory) -> JSONResponse:
         others = [p for p in self.state.pages.values() if p.page_id != history.page_id]
-        _check_unique(history, others)
+        check_unique(history, others)
         for conversation in history.conversations:
             for message in conversation.messages:
                 message.seq = self.state.next_seq()
         self.state.pages[history.page_id] = history
         return JSONResponse(script(history, self._page_name(history)))
 
-    def _ids(self, body: Mapping[str, Any], seed: Any) -> _Ids:
-        return _Ids(seed, _platform(body), _digit_id(body, "page_id"))
+    def _ids(self, body: Mapping[str, Any], seed: Any) -> Ids:
+        return Ids(seed, platform_of(body), digit_id(body, "page_id"))
 
     async def _replace(self, request: Request) -> Response:
         try:
@@ -686,8 +327,8 @@ class HistoryApi:
             history = PageHistory(
                 ids.page_id,
                 ids.platform,
-                _string(body, "page_name"),
-                [_conversation(c, ids) for c in conversations],
+                string_field(body, "page_name"),
+                [conversation_from_json(c, ids) for c in conversations],
             )
             return self._store(history)
         except BadHistory as exc:
@@ -700,9 +341,9 @@ class HistoryApi:
             if not isinstance(seed, int | str) or isinstance(seed, bool):
                 raise BadHistory("seed must be an integer or a string")
             ids = self._ids(body, seed)
-            conversations = _generated(body, ids, self._now_ms())
+            conversations = generated(body, ids, self._now_ms())
             history = PageHistory(
-                ids.page_id, ids.platform, _string(body, "page_name"), conversations
+                ids.page_id, ids.platform, string_field(body, "page_name"), conversations
             )
             return self._store(history)
         except BadHistory as exc:
@@ -721,11 +362,11 @@ class HistoryApi:
     async def _new_message(self, request: Request) -> Response:
         try:
             body = await _json_body(request)
-            page = self.state.pages.get(_digit_id(body, "page_id"))
+            page = self.state.pages.get(digit_id(body, "page_id"))
             if page is None:
                 raise BadHistory("that page has no history; POST /_fake/history first")
-            user_id = _digit_id(body, "user_id")
-            ids = _Ids(f"{page.page_id}:{self.state.next_seq()}", page.platform, page.page_id)
+            user_id = digit_id(body, "user_id")
+            ids = Ids(f"{page.page_id}:{self.state.next_seq()}", page.platform, page.page_id)
             message = message_from_json(body, ids, self._now_ms())
             deliver = body.get("deliver", True)
             if not isinstance(deliver, bool):
@@ -755,7 +396,7 @@ class HistoryApi:
             {
                 "ok": True,
                 "conversation_id": conversation.id,
-                "message": _script_message(message),
+                "message": script_message(message),
                 "delivered": status is not None,
                 "status": status,
             }
@@ -764,22 +405,22 @@ class HistoryApi:
     async def _deliver(self, request: Request) -> Response:
         try:
             body = await _json_body(request)
-            page = self.state.pages.get(_digit_id(body, "page_id"))
+            page = self.state.pages.get(digit_id(body, "page_id"))
             if page is None:
                 raise BadHistory("that page has no history; POST /_fake/history first")
             target = EchoTarget(
-                gateway_url=_string(body, "gateway_url").rstrip("/"),
-                app_secret=_string(body, "app_secret"),
+                gateway_url=string_field(body, "gateway_url").rstrip("/"),
+                app_secret=string_field(body, "app_secret"),
                 app_id=str(body.get("app_id") or self.app_id),
-                instagram_app_secret=_string(body, "instagram_app_secret"),
+                instagram_app_secret=string_field(body, "instagram_app_secret"),
             )
             if not target.gateway_url.startswith(("http://", "https://")):
                 raise BadHistory("gateway_url (http or https) is required")
             if not target.app_secret or not target.app_id.isdigit():
                 raise BadHistory("app_secret is required and app_id is digits")
             chosen = _chosen(page, body)
-            skip_every = _int(body, "skip_every", 0, 0, MAX_GENERATED)
-            per_post = _int(body, "per_post", 1, 1, MAX_PER_POST)
+            skip_every = int_field(body, "skip_every", 0, 0, MAX_GENERATED)
+            per_post = int_field(body, "per_post", 1, 1, MAX_PER_POST)
         except BadHistory as exc:
             return _bad(exc)
         self.state.target = target
