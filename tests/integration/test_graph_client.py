@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from pagewire import fakegraph
-from pagewire.graph import GraphClient, GraphError, GraphSettings, PagesApi, codes
+from pagewire.graph import ConversationsApi, GraphClient, GraphError, GraphSettings, PagesApi, codes
 from pagewire.graph.ratelimit import Backoff, regain_access_s
 from pagewire.kit.settings import Secret
 from tests.integration.test_subscriptions import VirtualClock
@@ -290,3 +290,27 @@ async def test_failures_are_logged_by_code_without_the_token(
     assert (record.graph_code, record.graph_subcode) == (190, 463)  # type: ignore[attr-defined]
     assert record.fbtrace_id == "B1yQm7dLsW0aXcE4tRn2kPo"  # type: ignore[attr-defined]
     assert TOKEN not in caplog.text
+
+
+async def test_app_usage_at_the_top_holds_every_call_a_minute(
+    fake: fakegraph.FakeGraph, clock: VirtualClock
+) -> None:
+    # X-App-Usage gives no time to wait: at 100% every call of the app waits a minute,
+    # whichever page it is about.
+    fake.state.history.usage_headers["X-App-Usage"] = json.dumps(
+        {"call_count": 100, "total_time": 40, "total_cputime": 35}
+    )
+    client = make_client(fake, clock, retry_max_wait_s=300)
+    api = ConversationsApi(client)
+    try:
+        await api.conversations("FACEBOOK", PAGE, Secret(TOKEN))
+        fake.state.history.usage_headers.clear()
+        await api.conversations("FACEBOOK", OTHER, Secret(TOKEN))
+        await api.conversations("FACEBOOK", OTHER, Secret(TOKEN))
+    finally:
+        await client.aclose()
+    first, second, third = [
+        r["time_ms"] / 1000 for r in fake.state.requests if r["path"].endswith("/conversations")
+    ]
+    assert second - first >= 60
+    assert third - second < 1  # usage back under the top: no more waiting
