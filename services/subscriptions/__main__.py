@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from pagewire.graph import ConversationsApi, GraphClient, PagesApi
+from pagewire.graph import GraphClient
 from pagewire.kit import telemetry
 from pagewire.kit.authz import Policy
 from pagewire.kit.db import create_engine, sessions
@@ -18,15 +18,11 @@ from pagewire.kit.settings import current_environ
 from pagewire.kit.tls import GrpcSecurity
 from pagewire.kit.tokens_client import TokenCache, cache_ttl_from_env
 from services.subscriptions.access import SUBSCRIPTIONS_ACCESS, access_settings
+from services.subscriptions.assembly import assemble
 from services.subscriptions.clients import RouterClient, TokensClient
 from services.subscriptions.config import SubscriptionsSettings
-from services.subscriptions.connections import Connections
-from services.subscriptions.details import DetailsReader
-from services.subscriptions.gaps import GapRepair
-from services.subscriptions.history import HistoryImporter, Pacer
 from services.subscriptions.metrics import refresh_pages
-from services.subscriptions.reconcile import Reconciler
-from services.subscriptions.server import SERVICE_NAME, SubscriptionsServiceServicer, register
+from services.subscriptions.server import SERVICE_NAME, register
 
 log = logging.getLogger("pagewire.subscriptions")
 # How often the pagewire_pages gauge is read from the database.
@@ -47,49 +43,13 @@ async def main() -> None:
     tokens_channel = security.channel(settings.tokens_target, "tokens")
     router_channel = security.channel(settings.router_target, "router")
     graph = GraphClient(settings.graph, user_agent="pagewire-subscriptions")
-    pages_api = PagesApi(graph)
     vault = TokenCache(
         TokensClient(tokens_channel, settings.rpc_timeout_s), cache_ttl_from_env(current_environ())
     )
     router = RouterClient(
         router_channel, settings.route_parked_timeout_s, settings.ingest_timeout_s
     )
-    conversations_api = ConversationsApi(graph)
-    pacer = Pacer(settings.history.calls_per_second)
-    history = HistoryImporter(
-        sessions(engine),
-        vault=vault,
-        api=conversations_api,
-        router=router,
-        pacer=pacer,
-        settings=settings.history,
-    )
-    gaps = GapRepair(
-        sessions(engine),
-        vault=vault,
-        api=conversations_api,
-        router=router,
-        pacer=pacer,
-        settings=settings.history,
-    )
-    connections = Connections(
-        sessions(engine),
-        vault=vault,
-        graph=pages_api,
-        router=router,
-        default_fields=settings.default_fields,
-        app_ids=settings.app_ids,
-        history_days=settings.history.days,
-        history_wake=history.wake,
-    )
-    reconciler = Reconciler(
-        sessions(engine),
-        vault=vault,
-        graph=pages_api,
-        subscriber=connections.subscriber,
-        settings=settings.reconcile,
-    )
-    details = DetailsReader(vault, router, timeout_s=settings.rpc_timeout_s)
+    parts = assemble(sessions(engine), settings, vault=vault, graph=graph, router=router)
     if not settings.graph.app_id:
         log.warning(
             "PAGEWIRE_APP_ID is not set: subscription checks count every app subscribed to a"
@@ -136,9 +96,7 @@ async def main() -> None:
         closers.append(refreshing(lambda: refresh_pages(sessions(engine)), METRICS_REFRESH_S))
     service = await start_server(
         names=[SERVICE_NAME],
-        register=register(
-            SubscriptionsServiceServicer(connections, reconciler, details, history, gaps)
-        ),
+        register=register(parts.servicer),
         access=Policy.build(
             [SUBSCRIPTIONS_ACCESS], access, allow_unauthenticated=security.insecure
         ),
@@ -149,13 +107,13 @@ async def main() -> None:
         health_port=security.health_port,
     )
     notices = asyncio.create_task(
-        connections.notices.loop(stop, settings.notice_retry_s), name="router notices"
+        parts.connections.notices.loop(stop, settings.notice_retry_s), name="router notices"
     )
     if settings.reconcile.interval_s > 0:
-        loop = asyncio.create_task(reconciler.loop(stop), name="reconcile")
-    importing = asyncio.create_task(history.loop(stop), name="history imports")
+        loop = asyncio.create_task(parts.reconciler.loop(stop), name="reconcile")
+    importing = asyncio.create_task(parts.history.loop(stop), name="history imports")
     if settings.history.gap_interval_s > 0:
-        repairing = asyncio.create_task(gaps.loop(stop), name="gap repair")
+        repairing = asyncio.create_task(parts.gaps.loop(stop), name="gap repair")
     await serve_until_signal(service, drain=settings.drain_s, grace=settings.grace_s)
 
 

@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pagewire import fakegraph
 from pagewire.graph import (
     Clock,
-    ConversationsApi,
     GraphClient,
     GraphError,
     GraphSettings,
@@ -41,16 +40,13 @@ from pagewire.proto import (
 from services.subscriptions import server as sub_server
 from services.subscriptions import store as sub_store
 from services.subscriptions.access import SUBSCRIPTIONS_ACCESS
+from services.subscriptions.assembly import assemble
 from services.subscriptions.clients import RouterClient, TokensClient
 from services.subscriptions.config import (
     FACEBOOK_FIELDS,
     INSTAGRAM_FIELDS,
     SubscriptionsSettings,
 )
-from services.subscriptions.connections import Connections
-from services.subscriptions.details import DetailsReader
-from services.subscriptions.gaps import GapRepair
-from services.subscriptions.history import HistoryImporter, Pacer
 from services.subscriptions.notices import Notices
 from services.subscriptions.reconcile import Reconciler, ReconcileSettings
 from services.subscriptions.store import PageConnection
@@ -217,54 +213,28 @@ async def build_stack(
             clock=clock,
         )
         stack.push_async_callback(http.aclose)
-        pages_api = PagesApi(http)
         engine = create_engine(database_url, "subscriptions")
         stack.push_async_callback(engine.dispose)
-        settings = SubscriptionsSettings(database_url=database_url)
+        settings = SubscriptionsSettings(
+            database_url=database_url, reconcile=reconcile or ReconcileSettings()
+        )
         vault = TokensClient(tokens_target_channel, 2.0)
         router_client = RouterClient(router_channel, 2.0)
-        connections = Connections(
+        # The production wiring; its loops (history import, gap repair) are not started
+        # here, so an import asked for stays PENDING.
+        parts = assemble(
             sessions(engine),
+            settings,
             vault=vault,
-            graph=pages_api,
+            graph=http,
             router=router_client,
-            default_fields=settings.default_fields,
             app_ids={"FACEBOOK": app_id, "INSTAGRAM": app_id},
-        )
-        reconciler = Reconciler(
-            sessions(engine),
-            vault=vault,
-            graph=pages_api,
-            subscriber=connections.subscriber,
-            settings=reconcile or ReconcileSettings(),
             clock_ms=(lambda: int(clock.now * 1000)) if clock is not None else now_ms,
         )
-        details = DetailsReader(vault, router_client, timeout_s=2.0)
-        # The importer is not started here (no loop): imports asked for stay PENDING.
-        conversations_api, pacer = ConversationsApi(http), Pacer(100.0)
-        history = HistoryImporter(
-            sessions(engine),
-            vault=vault,
-            api=conversations_api,
-            router=router_client,
-            pacer=pacer,
-            settings=settings.history,
-        )
-        gaps = GapRepair(
-            sessions(engine),
-            vault=vault,
-            api=conversations_api,
-            router=router_client,
-            pacer=pacer,
-            settings=settings.history,
-        )
+        reconciler = parts.reconciler
         subs_service = await start_server(
             names=[sub_server.SERVICE_NAME],
-            register=sub_server.register(
-                sub_server.SubscriptionsServiceServicer(
-                    connections, reconciler, details, history, gaps
-                )
-            ),
+            register=sub_server.register(parts.servicer),
             access=Policy.build([SUBSCRIPTIONS_ACCESS], allow_unauthenticated=True),
             port=0,
         )
