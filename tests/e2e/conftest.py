@@ -89,7 +89,9 @@ async def cli(stack: Stack, *args: str, check: bool = True) -> subprocess.Comple
     return result
 
 
-async def connect(stack: Stack, page_id: str, account: str = "acme") -> dict:  # type: ignore[type-arg]
+async def connect(stack: Stack, page_id: str, account: str = "acme", *extra: str) -> dict:  # type: ignore[type-arg]
+    """`pagewire pages connect` of one of PAGE_TOKENS' pages (`extra`: more options); the
+    reply as JSON."""
     token_file = stack.workdir / f"{page_id}.token"
     token_file.write_text(PAGE_TOKENS[page_id] + "\n")
     platform = "instagram" if page_id in INSTAGRAM_PAGES else "facebook"
@@ -106,6 +108,7 @@ async def connect(stack: Stack, page_id: str, account: str = "acme") -> dict:  #
         "--token-file",
         str(token_file),
         "--json",
+        *extra,
     )
     return json.loads(result.stdout)
 

@@ -15,6 +15,7 @@ import pytest
 from pagewire import fakegraph
 from services.tokens.vault import generate_keyring
 from tests.e2e.conftest import PAGE_TOKENS, applied, cli, query
+from tests.e2e.conftest import connect as connect_page
 from tests.support.stack import APP_SECRET, Stack
 from tests.support.waiting import free_port, wait_for
 
@@ -86,25 +87,8 @@ async def generate(graph: fakegraph.FakeGraph, page_id: str = PAGE, **options: o
     return await fake(graph, "/_fake/history/generate", body)
 
 
-async def connect(stack: Stack, page_id: str = PAGE, *extra: str) -> str:
-    token_file = stack.workdir / f"{page_id}.token"
-    token_file.write_text(PAGE_TOKENS[page_id] + "\n")
-    platform = "instagram" if page_id == IG_ACCOUNT else "facebook"
-    result = await cli(
-        stack,
-        "pages",
-        "connect",
-        "--platform",
-        platform,
-        "--page-id",
-        page_id,
-        "--account",
-        "acme",
-        "--token-file",
-        str(token_file),
-        *extra,
-    )
-    return result.stdout
+async def connect(stack: Stack, page_id: str = PAGE, *extra: str) -> dict:  # type: ignore[type-arg]
+    return await connect_page(stack, page_id, "acme", *extra)
 
 
 def script_mids(script: dict) -> list[list[str]]:  # type: ignore[type-arg]
@@ -173,8 +157,10 @@ async def test_connect_imports_every_conversation_once_in_metas_order(
 ) -> None:
     script = await generate(graph)
     assert sum(len(m) for m in script_mids(script)) == 450
-    printed = await connect(history_stack)
-    assert "importing 90 days of history" in printed
+    reply = await connect(history_stack)
+    # The import is asked for with the connection, and already under way.
+    assert reply["page"]["history"]["state"] in ("HISTORY_PENDING", "HISTORY_RUNNING")
+    assert reply["page"]["history"]["days"] == 90
 
     followed = await cli(
         history_stack, "pages", "history", "--platform", "facebook", "--page-id", PAGE
