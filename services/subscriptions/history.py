@@ -261,7 +261,11 @@ class HistoryImporter:
             await self._import(platform, page_id)
         except _Stop as stop:
             if stop.lost:
-                log.warning("history import taken over by another replica", extra=key)
+                log.warning(
+                    "history import stopped: the page was disconnected, or another replica"
+                    " took the import over",
+                    extra=key,
+                )
             else:
                 await self._end(platform, page_id, store.FAILED, stop.error, stop.code)
                 metrics.HISTORY_IMPORTS.labels(platform.lower(), "failed").inc()

@@ -91,6 +91,13 @@ async def connect(stack: Stack, page_id: str = PAGE, *extra: str) -> dict:  # ty
     return await connect_page(stack, page_id, "acme", *extra)
 
 
+async def slow_down(stack: Stack) -> None:
+    """Subscriptions again at 4 Graph calls/s: 18 result pages take 4.5 s, so a kill
+    between a quarter and the whole cannot miss, however busy the machine is."""
+    await stack.stop("subscriptions")
+    await stack.start("subscriptions", PAGEWIRE_HISTORY_CALLS_PER_SECOND="4")
+
+
 def script_mids(script: dict) -> list[list[str]]:  # type: ignore[type-arg]
     """Each conversation's mids, oldest first, as the fake's script lists them."""
     return [[m["id"] for m in c["messages"]] for c in script["conversations"]]
@@ -206,6 +213,7 @@ async def test_import_resumes_after_subscriptions_is_killed_half_way(
     history_stack: Stack, graph: fakegraph.FakeGraph, database_url: str
 ) -> None:
     script = await generate(graph)
+    await slow_down(history_stack)
     await connect(history_stack, PAGE, "--no-history")
     assert history_row(database_url) == {}
     await cli(
@@ -241,6 +249,7 @@ async def test_import_waits_for_a_killed_router_and_completes(
     history_stack: Stack, graph: fakegraph.FakeGraph, database_url: str
 ) -> None:
     script = await generate(graph)
+    await slow_down(history_stack)
     await connect(history_stack)
     await wait_for(
         lambda: history_row(database_url).get("read", 0) >= 100,
@@ -249,6 +258,7 @@ async def test_import_waits_for_a_killed_router_and_completes(
         what="some messages to be read",
     )
     await history_stack.kill("router")
+    assert history_row(database_url)["read"] < 450  # the kill lands mid-import
     await history_stack.start("router")
     row = await done(database_url)
     assert row["state"] == "DONE" and row["read"] == 450 and row["stored"] == 450
