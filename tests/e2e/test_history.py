@@ -421,3 +421,36 @@ async def test_an_instagram_account_is_imported_with_usernames(
     )
     expected = {c["user"]["id"]: c["user"]["username"] for c in script["conversations"]}
     assert dict(usernames) == expected
+
+
+async def test_live_webhooks_are_stored_while_an_import_runs(
+    history_stack: Stack, graph: fakegraph.FakeGraph, database_url: str, fixtures_dir: Path
+) -> None:
+    await generate(graph)
+    await slow_down(history_stack)
+    await connect(history_stack)
+    await wait_for(
+        lambda: history_row(database_url).get("read", 0) > 0,
+        timeout=30,
+        what="the import to be under way",
+    )
+    # A customer writes now: the webhook is acknowledged and applied during the import.
+    sent = await cli(
+        history_stack, "webhook", "send", str(fixtures_dir / "meta" / "01_text_message.json")
+    )
+    assert sent.stdout.startswith("200")
+    mid = json.loads((fixtures_dir / "meta" / "01_text_message.json").read_text())["entry"][0][
+        "messaging"
+    ][0]["message"]["mid"]
+    await wait_for(
+        lambda: any(m == mid for _, m, _ in stored(database_url)),
+        timeout=30,
+        what="the live message to be applied",
+    )
+    assert history_row(database_url)["state"] == "RUNNING"
+    row = await done(database_url)
+    assert row["state"] == "DONE" and row["stored"] == 450
+    origins = {m: origin for _, m, origin in stored(database_url)}
+    assert origins[mid] == "webhook" and len(origins) == 451
+    # The live message is news; the imported ones are not.
+    assert feed_kinds(database_url).count("MESSAGE_CREATED") == 1
