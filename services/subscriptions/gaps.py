@@ -99,8 +99,11 @@ class GapRepair:
         now = self._clock()
         active_since = now - int(settings.gap_days * DAY_MS)
         # Older than the connection is history (the import's); newer than the grace may
-        # still come as a webhook.
-        oldest, newest = max(active_since, connected_at_ms), now - int(settings.gap_grace_s * 1000)
+        # still come as a webhook. Graph's times have whole seconds: a message of the
+        # connection's own second reads as earlier than the connection.
+        connected_s = connected_at_ms - connected_at_ms % 1000
+        oldest = max(active_since, connected_s)
+        newest = now - int(settings.gap_grace_s * 1000)
         token, _status = await self._vault.decrypt(platform.value, page_id)
         after, checked = "", 0
         while checked < settings.gap_conversations:

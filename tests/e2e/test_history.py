@@ -351,10 +351,23 @@ async def test_gap_repair_finds_what_meta_never_delivered(
         "/_fake/history/message",
         {"page_id": PAGE, "user_id": user, "text": "¿Siguen abiertos?", "deliver": True},
     )
+    # Written in the very millisecond the page was connected: Graph's whole-second time
+    # reads earlier than the connection, and it is still a gap, not history.
+    ((connected_at_ms,),) = query(
+        database_url,
+        "SELECT created_at_ms FROM subscriptions.page_connections WHERE page_id = %s",
+        PAGE,
+    )
     dropped = await fake(
         graph,
         "/_fake/history/message",
-        {"page_id": PAGE, "user_id": user, "text": "Hola, ¿hay alguien?", "deliver": False},
+        {
+            "page_id": PAGE,
+            "user_id": user,
+            "text": "Hola, ¿hay alguien?",
+            "created_time_ms": connected_at_ms,
+            "deliver": False,
+        },
     )
     sent_mid, dropped_mid = sent["message"]["id"], dropped["message"]["id"]
     assert sent["delivered"] and not dropped["delivered"]
