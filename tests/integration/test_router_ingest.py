@@ -420,3 +420,51 @@ async def test_a_claimed_batch_of_a_dead_replica_is_applied_after_its_lease(
         await harness.settled()
         assert await harness.count(Message) == 1
         assert claimed.row_id > 0
+
+
+async def test_concurrent_appends_of_the_same_ids_in_other_orders_never_deadlock(
+    harness: RouterHarness,
+) -> None:
+    # Meta redelivers: commits on two replicas carry the same ids in any order. Each
+    # append inserts in key order, so none waits on another in a cycle (40P01).
+    from services.router.store import log as event_log
+
+    def row(i: int) -> dict:  # type: ignore[type-arg]
+        return {
+            "platform": "FACEBOOK",
+            "page_id": PAGE,
+            "user_id": USER,
+            "event_id": f"m_deadlock_{i:04d}",
+            "kind": "message",
+            "direction": "INBOUND",
+            "timestamp_ms": 1778163000000 + i,
+            "standby": False,
+            "raw_json": "{}",
+            "event": events_pb2.Event(id=f"m_deadlock_{i:04d}").SerializeToString(),
+            "received_at_ms": 1,
+            "trace_parent": "",
+        }
+
+    rows = [row(i) for i in range(200)]
+    rng = __import__("random").Random(7)
+
+    async def appender() -> set[tuple[str, str, str]]:
+        shuffled = rng.sample(rows, len(rows))
+        async with harness.sessions() as session, session.begin():
+            new = await event_log.append(session, shuffled, now=1)
+            await asyncio.sleep(0.01)  # hold the rows a moment, as a busy commit does
+            return new
+
+    for _ in range(5):
+        results = await asyncio.gather(*(appender() for _ in range(6)))
+        # Every round ends with each id once: the first round appends them, later ones none.
+        assert sum(len(new) for new in results) in (0, len(rows))
+    async with harness.sessions() as session:
+        stored = (
+            await session.execute(
+                select(func.count(func.distinct(EventLog.event_id)), func.count()).where(
+                    EventLog.event_id.like("m_deadlock_%")
+                )
+            )
+        ).one()
+    assert tuple(stored) == (len(rows), len(rows))

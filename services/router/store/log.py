@@ -62,6 +62,9 @@ _PG_APPEND = (
     + ", :now, 'pending', 0, 0 FROM {values}"
     " WHERE NOT EXISTS (SELECT 1 FROM purged_pages p WHERE p.platform = v.platform"
     " AND p.page_id = v.page_id AND v.timestamp_ms <= p.purged_at_ms)"
+    # In key order: two commits appending the same redelivered ids in other orders would
+    # otherwise wait on each other's uncommitted rows in a cycle (a deadlock, 40P01).
+    " ORDER BY v.platform, v.page_id, v.event_id"
     " ON CONFLICT (platform, page_id, event_id) DO NOTHING"
     " RETURNING platform, page_id, event_id"
 )
