@@ -244,11 +244,6 @@ class HistoryImporter:
                 started += 1
         return started
 
-    async def wait_idle(self) -> None:
-        """Until every import this replica started has stopped (tests, shutdown)."""
-        while self._running:
-            await asyncio.gather(*self._running.values(), return_exceptions=True)
-
     async def stop_all(self) -> None:
         tasks = list(self._running.values())
         for task in tasks:

@@ -558,16 +558,6 @@ def _owned(platform: str, page_id: str, owner: str):  # type: ignore[no-untyped-
     )
 
 
-async def renew_history(
-    session: AsyncSession, platform: str, page_id: str, owner: str, now: int, lease_ms: int
-) -> bool:
-    """Extends `owner`'s lease; False when it was taken over (the caller stops)."""
-    result = await session.execute(
-        _owned(platform, page_id, owner).values(lease_until_ms=now + lease_ms)
-    )
-    return bool(result.rowcount)
-
-
 async def record_listing(
     session: AsyncSession,
     platform: str,
@@ -764,13 +754,3 @@ async def forget_history(session: AsyncSession, platform: str, page_id: str) -> 
         await session.execute(
             delete(model).where(model.platform == platform, model.page_id == page_id)
         )
-
-
-async def count_histories(session: AsyncSession) -> dict[tuple[str, str], int]:
-    """How many imports each (platform, state) has."""
-    rows = await session.execute(
-        select(HistoryImport.platform, HistoryImport.state, func.count()).group_by(
-            HistoryImport.platform, HistoryImport.state
-        )
-    )
-    return {(platform, state): count for platform, state, count in rows}

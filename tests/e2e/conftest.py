@@ -9,7 +9,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import psycopg
@@ -39,16 +40,20 @@ async def graph() -> AsyncIterator[fakegraph.FakeGraph]:
     await fake.stop()
 
 
-@pytest.fixture
-async def stack(
+@asynccontextmanager
+async def running_stack(
     tmp_path: Path,
     database_url: str,
     redis_url: str,
     redis_prefix: str,
     graph: fakegraph.FakeGraph,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, str]] | None = None,
 ) -> AsyncIterator[Stack]:
     """All four services on PostgreSQL and Redis, over mutual TLS with a certificate each
-    (as `make run` starts them); logs scanned for page tokens afterwards."""
+    (as `make run` starts them), with `env` for all and `overrides` per service; logs
+    scanned for page tokens afterwards."""
     stack = Stack.create(
         tmp_path,
         database_url=database_url,
@@ -58,15 +63,28 @@ async def stack(
         keyring=generate_keyring(),
         tls=True,
     )
+    stack.env.update(env or {})
     try:
         for service in ("tokens", "subscriptions", "router", "gateway"):
-            await stack.start(service)
+            await stack.start(service, **(overrides or {}).get(service, {}))
         yield stack
     finally:
         await stack.stop_all()
     logs = stack.logs()
     leaked = [page for page, token in PAGE_TOKENS.items() if token in logs]
     assert not leaked, f"page tokens of {leaked} appeared in service logs"
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    graph: fakegraph.FakeGraph,
+) -> AsyncIterator[Stack]:
+    async with running_stack(tmp_path, database_url, redis_url, redis_prefix, graph) as stack:
+        yield stack
 
 
 async def cli(stack: Stack, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

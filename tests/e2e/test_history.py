@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from pagewire import fakegraph
-from services.tokens.vault import generate_keyring
-from tests.e2e.conftest import PAGE_TOKENS, applied, cli, query
+from tests.e2e.conftest import applied, cli, query, running_stack
 from tests.e2e.conftest import connect as connect_page
 from tests.support.stack import APP_SECRET, Stack
 from tests.support.waiting import free_port, wait_for
@@ -41,31 +40,19 @@ async def history_stack(
     redis_prefix: str,
     graph: fakegraph.FakeGraph,
 ) -> AsyncIterator[Stack]:
-    stack = Stack.create(
-        tmp_path,
-        database_url=database_url,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        graph_url=graph.url,
-        keyring=generate_keyring(),
-        tls=True,
-    )
-    stack.env.update(HISTORY_ENV)
     # Subscriptions' /metrics, where gap repair's counter is read.
-    stack.ports["subscriptions_metrics"] = free_port()
-    try:
-        await stack.start("tokens")
-        await stack.start(
-            "subscriptions", PAGEWIRE_METRICS_PORT=str(stack.ports["subscriptions_metrics"])
-        )
-        for service in ("router", "gateway"):
-            await stack.start(service)
+    metrics_port = free_port()
+    async with running_stack(
+        tmp_path,
+        database_url,
+        redis_url,
+        redis_prefix,
+        graph,
+        env=HISTORY_ENV,
+        overrides={"subscriptions": {"PAGEWIRE_METRICS_PORT": str(metrics_port)}},
+    ) as stack:
+        stack.ports["subscriptions_metrics"] = metrics_port
         yield stack
-    finally:
-        await stack.stop_all()
-    logs = stack.logs()
-    leaked = [page for page, token in PAGE_TOKENS.items() if token in logs]
-    assert not leaked, f"page tokens of {leaked} appeared in service logs"
 
 
 async def fake(graph: fakegraph.FakeGraph, path: str, body: dict) -> dict:  # type: ignore[type-arg]

@@ -452,7 +452,10 @@ async def test_concurrent_appends_of_the_same_ids_in_other_orders_never_deadlock
         shuffled = rng.sample(rows, len(rows))
         async with harness.sessions() as session, session.begin():
             new = await event_log.append(session, shuffled, now=1)
-            await asyncio.sleep(0.01)  # hold the rows a moment, as a busy commit does
+            # Not a wait for anything: the transaction stays open a moment, as a group
+            # commit's does, so the appends overlap (without it this cannot deadlock even
+            # unsorted, and the test could not fail).
+            await asyncio.sleep(0.01)
             return new
 
     for _ in range(5):
